@@ -1,0 +1,1 @@
+"""A site: its ClientApp, local training and readers for its own image files."""

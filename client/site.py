@@ -1,0 +1,73 @@
+"""A site: its local data (train and validation), where it trains, and its state folder.
+
+In simulation each virtual hospital is a folder written by the harness; a deployed
+hospital points at its own files. Either way the ClientApp sees one `Site`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from medfed.client.datasets import LabelledImages, read_npz_split
+
+SITE_DATA_FILE = "data.npz"  # train_* and val_* arrays of one site
+
+
+@dataclass
+class Site:
+    name: str
+    index: int
+    train: LabelledImages
+    val: LabelledImages
+    state_dir: Path  # what the site keeps between rounds (FedBN layers, privacy budget)
+    device: str = "auto"
+    threads: int = 1
+
+
+def write_site_data(folder: Path, train: LabelledImages, val: LabelledImages) -> Path:
+    """Store one site's shard as ``folder/data.npz`` (written whole, then renamed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / SITE_DATA_FILE
+    partial = folder / (SITE_DATA_FILE + ".partial.npz")
+    np.savez(
+        partial,
+        train_images=train.images,
+        train_labels=train.labels,
+        val_images=val.images,
+        val_labels=val.labels,
+    )
+    partial.replace(target)
+    return target
+
+
+@lru_cache(maxsize=64)
+def read_site_data(path: Path) -> tuple[LabelledImages, LabelledImages]:
+    """A site's train and validation sets; cached, since a site trains every round."""
+    return read_npz_split(path, "train"), read_npz_split(path, "val")
+
+
+@dataclass(frozen=True)
+class SimulatedSites:
+    """Finds the virtual site of a simulated SuperNode by its ``partition-id``.
+
+    Small and picklable: the Simulation Engine ships it to every worker.
+    """
+
+    root: str
+    device: str = "auto"
+    threads: int = 1
+
+    def __call__(self, node_config) -> Site:
+        index = int(node_config["partition-id"])
+        folder = Path(self.root) / site_folder_name(index)
+        train, val = read_site_data(folder / SITE_DATA_FILE)
+        return Site(site_folder_name(index), index, train, val, folder / "state",
+                    self.device, self.threads)
+
+
+def site_folder_name(index: int) -> str:
+    return f"site-{index:03d}"

@@ -1,0 +1,157 @@
+"""Local training and evaluation of a classifier: the work a site does each round.
+
+The same functions serve the federated client, the pooled and local baselines and the
+server's global evaluation, so every mode trains exactly the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfed.client.datasets import LabelledImages
+from medfed.models import classification
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one local training call (sent by the server each round)."""
+
+    kind: str  # label kind: binary, multiclass or multilabel
+    num_classes: int
+    epochs: int = 1
+    steps: int | None = None  # when set, train exactly this many batches instead
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    class_weighting: bool = True
+    augment: bool = True
+    proximal_mu: float = 0.0  # FedProx: weight of ||w - w_global||^2 / 2
+    amp: bool = True
+    seed: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator for data order and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, C)`` uint8 to ``(N, C, H, W)`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
+
+
+def random_shift(batch: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels, padding with edge values.
+
+    Written by hand because MONAI's per-sample RandAffine costs more than the whole
+    training step of a small network on a CPU; this is one pad and one gather.
+    """
+    n, _, h, w = batch.shape
+    padded = nn.functional.pad(batch, (max_shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    index_n = torch.arange(n)[:, None, None, None]
+    index_c = torch.arange(batch.shape[1])[None, :, None, None]
+    return padded[index_n, index_c, rows, cols]
+
+
+def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def train(
+    model: nn.Module, data: LabelledImages, s: TrainSettings, device: torch.device
+) -> dict[str, float]:
+    """Train in place for ``s.epochs`` epochs (or ``s.steps`` batches); return loss and counts."""
+    generator = seed_everything(s.seed)
+    model.to(device).train()
+    x_all, y_all = to_tensor(data.images), torch.from_numpy(data.labels)
+    loss_fn = classification.loss_function(
+        s.kind, data.labels if s.class_weighting else None, s.num_classes
+    ).to(device)
+    optimizer = _optimizer(model, s)
+    use_amp = s.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    anchor = (
+        [p.detach().clone() for p in model.parameters()] if s.proximal_mu > 0 else None
+    )
+    max_shift = max(1, x_all.shape[-1] // 14)
+
+    total_loss, seen, steps = 0.0, 0, 0
+    planned = s.steps if s.steps is not None else s.epochs * -(-len(y_all) // s.batch_size)
+    while steps < planned:
+        order = torch.randperm(len(y_all), generator=generator)
+        for start in range(0, len(order), s.batch_size):
+            index = order[start : start + s.batch_size]
+            if len(index) < 2 and len(order) > 1:
+                continue  # a batch of one breaks BatchNorm; its sample comes back next epoch
+            x, y = x_all[index], classification.targets(s.kind, y_all[index])
+            if s.augment:
+                x = random_shift(x, generator, max_shift)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, use_amp):
+                loss = loss_fn(model(x), y)
+            if anchor is not None:
+                loss = loss + 0.5 * s.proximal_mu * sum(
+                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor)
+                )
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(index)
+            seen += len(index)
+            steps += 1
+            if steps >= planned:
+                break
+    return {"train_loss": total_loss / max(seen, 1), "num-examples": len(y_all), "steps": steps}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: np.ndarray, kind: str, device: torch.device, batch_size: int = 512
+) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` for ``(N, H, W, C)`` uint8 images."""
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_tensor(images[start : start + batch_size]).to(device)
+        out.append(classification.probabilities(kind, model(x).float()).cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate(
+    model: nn.Module, data: LabelledImages, kind: str, device: torch.device
+) -> dict[str, float]:
+    """Test metrics of ``model`` on ``data`` (see `classification.metrics`)."""
+    return classification.metrics(kind, data.labels, predict(model, data.images, kind, device))

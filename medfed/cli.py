@@ -1,0 +1,69 @@
+"""The ``medfed`` command line.
+
+Every input problem ends in one line on stderr naming the file or setting, and exit
+code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from medfed.errors import MedfedError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medfed", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sim = commands.add_parser(
+        "simulate",
+        help="run a federated simulation (or its pooled/local baseline) from a YAML config",
+    )
+    sim.add_argument("config", type=Path, help="YAML config, e.g. configs/pneumonia-fedavg.yaml")
+    sim.add_argument("overrides", nargs="*", help="settings to change, as key=value (e.g. train.rounds=5)")
+    sim.add_argument("--output", "-o", type=Path, help="run folder (default: runs/NAME-MODE-TIME)")
+    sim.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    sim.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
+    return parser
+
+
+def _simulate(args: argparse.Namespace, console: Console) -> int:
+    from medfed.config import load_config
+    from medfed.simulation.experiment import run_experiment
+
+    if args.resume and args.output is None:
+        raise MedfedError("--resume needs --output: the folder of the run to continue")
+    cfg = load_config(args.config, args.overrides)
+    summary = run_experiment(cfg, args.output, resume=args.resume, console=console)
+    console.print(f"[bold green]finished[/] {summary['mode']} run: test {json.dumps(summary['test'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "simulate":
+            return _simulate(args, console)
+    except MedfedError as exc:
+        console.print(f"[bold red]medfed:[/] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped; continue with --resume[/]")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Experiment configuration: one typed schema, YAML files, ``key=value`` overrides.
+
+The schema is a tree of dataclasses read by omegaconf, so an unknown key or a value
+of the wrong type is rejected when the file is merged; `validate` then checks the
+ranges that types cannot express. Every error is a `ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from medfed.errors import ConfigError
+
+MODES = ("federated", "pooled", "local")
+TASKS = ("classification",)
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass
+class FolderConfig:
+    """A generic image folder: images plus a CSV of labels."""
+
+    images: str = ""  # folder the CSV's file names are relative to
+    labels_csv: str = ""
+    image_column: str = "image"
+    label_column: str = "label"
+    site_column: str | None = None  # optional: natural sites
+    test_csv: str | None = None  # optional: a held-out test CSV (same columns)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "pneumoniamnist"  # a MedMNIST 2D flag, or "folder"
+    size: int = 28  # MedMNIST image size: 28, 64, 128 or 224
+    root: str | None = None  # defaults to $MEDFED_DATA_DIR
+    folder: FolderConfig = field(default_factory=FolderConfig)
+    val_fraction: float = 0.1  # of each site's shard, kept for local validation
+    augment: bool = True  # random shifts during local training
+
+
+@dataclass
+class PartitionConfig:
+    scheme: str = "dirichlet"
+    num_sites: int = 10
+    alpha: float = 0.3  # dirichlet concentration: lower is more skewed
+    classes_per_site: int = 1  # pathological
+    min_site_size: int = 10  # dirichlet: resample until every site has this many
+    site_column: str = "site"  # natural
+    quantity_shape: str = "linear"  # quantity: site sizes grow linearly, squared or exponentially
+
+
+@dataclass
+class ShiftConfig:
+    """Simulated acquisition shift: each site gets its own scanner."""
+
+    strength: float = 0.0  # 0 = none, 1 = strong contrast, blur, noise and resolution loss
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    dropout: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 10
+    local_epochs: int = 1
+    local_steps: int | None = None  # when set, replaces local_epochs
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    lr_decay: str = "cosine"  # cosine | none: decays over the planned rounds
+    class_weighting: bool = True  # inverse-frequency loss weights from the site's labels
+    device: str = "auto"
+    amp: bool = True  # mixed precision where the device is CUDA
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    timeout: float = 3600.0  # seconds to wait for the sites each round
+    proximal_mu: float = 0.01  # fedprox
+    server_lr: float = 0.01  # fedadam, fedyogi, fedadagrad (eta)
+    server_momentum: float = 0.9  # fedavgm
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    trim_fraction: float = 0.2  # fedtrimmedavg: cut from each end
+
+
+@dataclass
+class SimulationConfig:
+    cpus_per_site: float = 1.0  # Ray resources per virtual site
+    threads_per_site: int = 1  # torch threads inside each virtual site
+    gpus_per_site: float = 0.0
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = False
+    wandb_project: str = "medfed"
+    progress: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 42
+    mode: str = "federated"
+    task: str = "classification"
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    reason = str(exc).splitlines()[0]
+    if "not in struct" in reason or "Key '" in reason and "not" in reason:
+        return ConfigError(f"{source}: unknown setting '{key}'")
+    return ConfigError(f"{source}: bad value for '{key}': {reason}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+    """Read a YAML config, apply ``key=value`` overrides and validate the result."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, str(path)) from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, f"override '{item}'") from exc
+    validate(cfg)
+    return cfg
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"bad value for '{key}': {message}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and choice checks that the schema's types cannot express."""
+    _check(cfg.mode in MODES, "mode", f"'{cfg.mode}' is not one of {', '.join(MODES)}")
+    _check(cfg.task in TASKS, "task", f"'{cfg.task}' is not one of {', '.join(TASKS)}")
+    p = cfg.partition
+    _check(
+        p.scheme in PARTITION_SCHEMES,
+        "partition.scheme",
+        f"'{p.scheme}' is not one of {', '.join(PARTITION_SCHEMES)}",
+    )
+    _check(p.num_sites >= 1, "partition.num_sites", "needs at least one site")
+    _check(p.alpha > 0, "partition.alpha", f"must be > 0, got {p.alpha}")
+    _check(p.classes_per_site >= 1, "partition.classes_per_site", "must be >= 1")
+    _check(0 <= cfg.shift.strength <= 1, "shift.strength", "must be between 0 and 1")
+    d = cfg.data
+    _check(0 < d.val_fraction < 1, "data.val_fraction", "must be between 0 and 1")
+    _check(d.size in (28, 64, 128, 224), "data.size", "MedMNIST sizes are 28, 64, 128, 224")
+    t = cfg.train
+    _check(t.rounds >= 1, "train.rounds", "must be >= 1")
+    _check(t.local_epochs >= 1, "train.local_epochs", "must be >= 1")
+    _check(t.local_steps is None or t.local_steps >= 1, "train.local_steps", "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(t.optimizer in ("adam", "sgd"), "train.optimizer", "is adam or sgd")
+    _check(t.lr_decay in ("cosine", "none"), "train.lr_decay", "is cosine or none")
+    _check(_valid_device(t.device), "train.device", f"use {DEVICES_HELP}")
+    s = cfg.strategy
+    _check(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
+    _check(s.min_sites >= 1, "strategy.min_sites", "must be >= 1")
+    _check(s.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
+    _check(0 <= s.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
+    _check(cfg.simulation.threads_per_site >= 1, "simulation.threads_per_site", "must be >= 1")
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def as_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,51 @@
+"""Classifier networks by name, for 1- or 3-channel images of any MedMNIST size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monai.networks.nets import DenseNet121, resnet18
+from torch import nn
+
+from medfed.errors import ConfigError
+from medfed.models.cnn import SmallCNN
+
+
+def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
+    # Below 64 px the ImageNet stem (7x7 stride-2 conv, then max-pool) would leave a
+    # 7x7 map before the first block; a 3x3 stride-1 stem keeps the spatial detail.
+    small = image_size < 64
+    return resnet18(
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        num_classes=num_classes,
+        conv1_t_size=3 if small else 7,
+        conv1_t_stride=1 if small else 2,
+        no_max_pool=small,
+    )
+
+
+def _densenet121(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
+    return DenseNet121(
+        spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout
+    )
+
+
+def _cnn(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
+    return SmallCNN(in_channels, num_classes, dropout)
+
+
+MODELS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
+    "cnn": _cnn,
+    "resnet18": _resnet18,
+    "densenet121": _densenet121,
+}
+
+
+def build_model(
+    name: str, in_channels: int, num_classes: int, image_size: int = 28, dropout: float = 0.2
+) -> nn.Module:
+    """A fresh network; the caller seeds torch first when it wants the same weights."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model '{name}' (model.name): choose from {', '.join(MODELS)}")
+    return MODELS[name](in_channels, num_classes, image_size, dropout)

@@ -1,0 +1,1 @@
+"""The coordinator: ServerApp, round loop, checkpoints and run outputs."""

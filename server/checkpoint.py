@@ -1,0 +1,62 @@
+"""Round checkpoints of the global model and the strategy, for ``--resume``.
+
+A checkpoint holds the round just finished, the global weights, the strategy's own
+state (server momentum, FedAdam moments) and the configuration it was made with. It
+is written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfed.errors import CheckpointError
+
+FORMAT = 1
+
+
+def strategy_state(strategy: object) -> dict[str, Any]:
+    """The strategy's attributes that change between rounds (plain data, no callables)."""
+    return {k: v for k, v in vars(strategy).items() if not callable(v)}
+
+
+def save_checkpoint(
+    path: Path, round_: int, weights: dict[str, torch.Tensor], strategy: object, fingerprint: str
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "format": FORMAT,
+            "round": round_,
+            "weights": weights,
+            "strategy": pickle.dumps(strategy_state(strategy)),
+            "fingerprint": fingerprint,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path, strategy: object, fingerprint: str) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore the strategy's state from ``path``; return the round and global weights."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint to resume from: {path}")
+    try:
+        # Our own file, written by save_checkpoint; it holds the pickled strategy state.
+        data = torch.load(path, weights_only=False)
+        state = pickle.loads(data["strategy"])
+        round_, weights = int(data["round"]), data["weights"]
+    except Exception as exc:  # a truncated or foreign file fails in many ways
+        raise CheckpointError(f"{path}: corrupt or not a medfed checkpoint ({exc})") from exc
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {data.get('format')} is not {FORMAT}")
+    if data.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"{path}: made with a different configuration; resume with the run's own config.yaml"
+        )
+    vars(strategy).update(state)
+    return round_, weights

@@ -1,0 +1,38 @@
+"""Learning curves of a run, as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_learning_curves(rows: list[dict], path: Path) -> None:
+    """Global test metrics per round (left) and each site's validation AUC (right)."""
+    if not rows:
+        return
+    rounds = [r["round"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for metric in ("auc", "accuracy", "balanced_accuracy"):
+        values = [r["test"].get(metric) for r in rows]
+        if any(v is not None for v in values):
+            left.plot(rounds, values, marker="o", label=f"test {metric}")
+    left.set(xlabel="round", ylabel="global test metric", title="Global model", ylim=(0, 1.02))
+    left.legend()
+    sites = sorted({s for r in rows for s in r.get("sites", {})})
+    for site in sites:
+        points = [
+            (r["round"], r["sites"][site].get("val_auc", r["sites"][site].get("test_auc")))
+            for r in rows
+            if site in r.get("sites", {})
+        ]
+        right.plot([p[0] for p in points], [p[1] for p in points], alpha=0.7, label=site)
+    right.set(xlabel="round", ylabel="site AUC (validation, or test for local models)", title="Sites", ylim=(0, 1.02))
+    if 0 < len(sites) <= 12:
+        right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Public datasets split into virtual hospitals, run in Flower's Simulation Engine."""

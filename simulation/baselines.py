@@ -1,0 +1,83 @@
+"""Baselines on the same sites, model and test set: pooled (all data in one place) and
+local (each site alone). Both train with the client's own training function and the
+federation's learning-rate schedule, for the same number of epochs per round."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from medfed.client import training
+from medfed.client.datasets import LabelledImages
+from medfed.server.outputs import RunOutputs
+from medfed.server.plan import ModelSpec, evaluator, initial_weights, train_settings
+from medfed.simulation.partition import SiteShard
+
+
+def _concat(parts: list[LabelledImages]) -> LabelledImages:
+    return LabelledImages(
+        np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
+    )
+
+
+def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) -> dict[str, torch.Tensor]:
+    model = spec.build()
+    model.load_state_dict(initial_weights(cfg, spec))
+    device = training.resolve_device(cfg.train.device)
+    for rnd in range(1, cfg.train.rounds + 1):
+        settings = train_settings(cfg, spec, rnd, seed=cfg.seed * 100_003 + rnd * 1_009 + seed_offset)
+        started = time.perf_counter()
+        result = training.train(model, train, settings, device)
+        on_round(rnd, model, result, time.perf_counter() - started)
+    return model.state_dict()
+
+
+def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
+    """Centralized training on the union of the sites' training shards."""
+    evaluate = evaluator(spec, test, cfg.train.device)
+    train = _concat([s.train for s in sites])
+
+    def on_round(rnd, model, result, seconds):
+        outputs.log_round({
+            "round": rnd, "test": evaluate(model.state_dict()),
+            "train": {"train_loss": result["train_loss"]}, "sites": {}, "seconds": seconds,
+        })
+
+    if cfg.train.local_steps:  # the federation takes local_steps at every site each round
+        cfg = cfg.copy()
+        cfg.train.local_steps = cfg.train.local_steps * len(sites)
+    weights = _train_rounds(cfg, spec, train, seed_offset=10_000, on_round=on_round)
+    return weights, outputs.rounds()[-1]["test"], {}
+
+
+def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
+    """Each site trains alone; every local model is scored on the global test set."""
+    evaluate = evaluator(spec, test, cfg.train.device)
+    per_round: dict[int, dict] = {}
+    finals = {}
+    for index, site in enumerate(sites):
+        name = f"site-{index:03d}"
+
+        def on_round(rnd, model, result, seconds, name=name):
+            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict()).items()}
+            metrics["train_loss"] = result["train_loss"]
+            metrics["num-examples"] = result["num-examples"]
+            per_round.setdefault(rnd, {})[name] = metrics
+
+        _train_rounds(cfg, spec, site.train, seed_offset=index, on_round=on_round)
+        finals[name] = per_round[cfg.train.rounds][name]
+    for rnd in sorted(per_round):
+        outputs.log_round({"round": rnd, "test": _mean_test(per_round[rnd]), "sites": per_round[rnd]})
+    return None, _mean_test(finals), finals
+
+
+def _mean_test(sites: dict[str, dict]) -> dict[str, float]:
+    """Mean over sites of each local model's test metrics (NaN-aware)."""
+    keys = {k for m in sites.values() for k in m if k.startswith("test_")}
+    return {
+        k[len("test_"):]: float(np.nanmean([m[k] for m in sites.values() if m.get(k) is not None]))
+        for k in sorted(keys)
+    }

@@ -1,0 +1,141 @@
+"""One simulated experiment from config to summary: data, sites, training, report.
+
+Everything that can be wrong with the input (config, files, partition) is checked
+before the run directory is created, and ``summary.json`` is written last, so a run
+that stopped or failed never looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+
+from medfed.client.site import site_folder_name, write_site_data
+from medfed.config import as_dict, to_yaml
+from medfed.errors import MedfedError
+from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
+from medfed.server.plan import ModelSpec, evaluator, fingerprint, initial_weights, round_config
+from medfed.server.rounds import RoundPlan
+from medfed.simulation.baselines import run_local, run_pooled
+from medfed.simulation.partition import SiteShard, partition
+from medfed.simulation.report import print_partition_table, write_partition_report
+from medfed.simulation.shift import site_scanners
+from medfed.simulation.sources import load_experiment_data
+from medfed.strategies import build_strategy
+
+log = logging.getLogger("medfed")
+
+
+class RunDirError(MedfedError):
+    """The output folder cannot be used for this run."""
+
+
+def default_output(cfg: DictConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{cfg.mode}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _check_output(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise RunDirError(f"--resume: {out} holds no run to resume ({CONFIG} is missing)")
+        if (out / SUMMARY).is_file():
+            raise RunDirError(f"--resume: the run in {out} already finished ({SUMMARY} exists)")
+    elif out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out} is not empty: choose another --output, or add --resume to continue it")
+
+
+def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
+    scanners = site_scanners(len(sites), cfg.shift.strength, cfg.seed)
+    for i, (site, scanner) in enumerate(zip(sites, scanners)):
+        if scanner is not None:
+            rng = np.random.default_rng([cfg.seed, i, 11])
+            site.train, site.val = scanner.apply(site.train, rng), scanner.apply(site.val, rng)
+    return scanners
+
+
+def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = False,
+                   console: Console | None = None) -> dict:
+    """Run ``cfg`` in its mode (federated, pooled or local); return the summary."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    out = Path(out) if out else default_output(cfg)
+    _check_output(out, resume)
+
+    data = load_experiment_data(cfg)
+    sites = partition(data.pool, cfg)
+    scanners = _apply_shift(sites, cfg)
+    spec = ModelSpec.of(cfg, data.labels, data.pool.channels, data.image_size)
+    spec.build()  # an unknown model name fails here, before anything is written
+
+    outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project,
+                                          out.name, as_dict(cfg), out))
+    if resume and (out / CONFIG).read_text() != to_yaml(cfg):
+        raise RunDirError(f"--resume: the config differs from {out / CONFIG}; resume with that file")
+    outputs.write_config(to_yaml(cfg))
+    # multi-label rows are counted by their first positive label, plus one "none" class
+    strata_classes = data.labels.num_classes + int(data.pool.multilabel)
+    title = f"{cfg.name}: {cfg.partition.scheme} over {len(sites)} sites"
+    table = write_partition_report(sites, strata_classes, out, title, scanners)
+    if cfg.logging.progress:
+        print_partition_table(table, console)
+    sites_root = out / "sites"
+    for i, site in enumerate(sites):
+        write_site_data(sites_root / site_folder_name(i), site.train, site.val)
+    setup_seconds = time.perf_counter() - started
+
+    log.info("mode %s, %d sites, %d rounds -> %s", cfg.mode, len(sites), cfg.train.rounds, out)
+    if cfg.mode == "federated":
+        weights, test, per_site = _federated(cfg, spec, data, sites_root, len(sites), outputs, resume)
+    elif cfg.mode == "pooled":
+        weights, test, per_site = run_pooled(cfg, spec, sites, data.test, outputs)
+    else:
+        weights, test, per_site = run_local(cfg, spec, sites, data.test, outputs)
+
+    if weights is not None:
+        outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
+    outputs.plot()
+    summary = {
+        "name": cfg.name,
+        "mode": cfg.mode,
+        "task": cfg.task,
+        "dataset": data.source,
+        "sites": len(sites),
+        "rounds": cfg.train.rounds,
+        "strategy": cfg.strategy.name if cfg.mode == "federated" else None,
+        "model": cfg.model.name,
+        "test": test,
+        "per_site": per_site,
+        "privacy": {"mechanism": "none", "epsilon": None},
+        "seconds": {"setup": setup_seconds, "total": time.perf_counter() - started},
+    }
+    outputs.write_summary(summary)
+    return summary
+
+
+def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool):
+    from medfed.simulation.engine import simulate_federation  # imports Ray: only when needed
+
+    plan = RoundPlan(
+        strategy=build_strategy(cfg, num_sites),
+        rounds=cfg.train.rounds,
+        site_config=lambda rnd: round_config(cfg, spec, rnd),
+        evaluate=evaluator(spec, data.test, cfg.train.device),
+        initial_weights=lambda: initial_weights(cfg, spec),
+        outputs=outputs,
+        fingerprint=fingerprint(cfg),
+        timeout=cfg.strategy.timeout,
+        resume=resume and outputs.path(CHECKPOINT).is_file(),
+        show_progress=cfg.logging.progress,
+    )
+    result = simulate_federation(cfg, plan, str(sites_root), num_sites)
+    if result.error is not None:
+        raise result.error
+    rows = result.rounds
+    final_sites = rows[-1]["sites"] if rows else {}
+    return result.weights, rows[-1]["test"], final_sites

@@ -1,0 +1,63 @@
+"""The public dataset of an experiment: the pool that sites split, and the global test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from medfed.client.datasets import LabelledImages, LabelSpace, read_image_folder, read_npz_split
+from medfed.errors import ConfigError, DataError
+from medfed.simulation.medmnist import data_dir, medmnist_path
+
+HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
+
+
+@dataclass
+class ExperimentData:
+    pool: LabelledImages  # split among the sites
+    test: LabelledImages  # only ever used to evaluate the global model
+    labels: LabelSpace
+    source: str  # the file or folder it came from, for reports
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pool.images.shape[1])
+
+
+def load_experiment_data(cfg: DictConfig) -> ExperimentData:
+    d = cfg.data
+    if d.dataset == "folder":
+        pool, test, source = _folder(cfg)
+    else:
+        path = medmnist_path(d.dataset, d.size, d.root)
+        train, val = read_npz_split(path, "train"), read_npz_split(path, "val")
+        pool = LabelledImages(
+            np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels])
+        )
+        test, source = read_npz_split(path, "test"), str(path)
+    if pool.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(
+            f"{source}: training images are {pool.images.shape[1:]} but test images are "
+            f"{test.images.shape[1:]}; all images must have one size"
+        )
+    return ExperimentData(pool, test, LabelSpace.infer(pool, test), source)
+
+
+def _folder(cfg: DictConfig) -> tuple[LabelledImages, LabelledImages, str]:
+    f = cfg.data.folder
+    if not f.images or not f.labels_csv:
+        raise ConfigError("data.dataset is 'folder': set data.folder.images and data.folder.labels_csv")
+    base = data_dir(cfg.data.root)
+    images, csv = base / f.images, base / f.labels_csv
+    site_column = f.site_column or (cfg.partition.site_column if cfg.partition.scheme == "natural" else None)
+    pool = read_image_folder(images, csv, f.image_column, f.label_column, site_column)
+    if f.test_csv:
+        test = read_image_folder(images, base / f.test_csv, f.image_column, f.label_column)
+        return pool, test, str(csv)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(pool))
+    cut = max(1, int(round(len(pool) * HELD_OUT_TEST_FRACTION)))
+    return pool.subset(np.sort(order[cut:])), pool.subset(np.sort(order[:cut])), str(Path(csv))

@@ -1,0 +1,86 @@
+"""Aggregation rules by name: Flower's strategies, plus FedBN which Flower lacks."""
+
+from __future__ import annotations
+
+import math
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
+from omegaconf import DictConfig
+
+from medfed.errors import ConfigError
+from medfed.strategies.fedbn import FEDBN_FLAG, FedBN
+
+STRATEGIES = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
+    "fedtrimmedavg", "fedbn",
+)
+SITE_KEY = "site"  # every reply names its site; averaging it makes no sense
+
+
+def average_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean of each metric over the sites that report a finite value.
+
+    Flower's default averages NaN into NaN, and a site whose validation shard holds a
+    single class has no AUC; skipping it keeps the federation's figure meaningful.
+    """
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for record in records:
+        for metrics in record.metric_records.values():
+            w = float(metrics.get(weight_key, 1))
+            for key, value in metrics.items():
+                if key in (weight_key, SITE_KEY) or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    sums[key] = sums.get(key, 0.0) + w * value
+                    weights[key] = weights.get(key, 0.0) + w
+    return MetricRecord({k: sums[k] / weights[k] for k in sums if weights[k] > 0})
+
+
+def build_strategy(cfg: DictConfig, num_sites: int) -> Strategy:
+    """The configured strategy, sampling ``fraction_train`` of ``num_sites`` each round."""
+    s = cfg.strategy
+    name = s.name.lower()
+    common = dict(
+        fraction_train=s.fraction_train,
+        fraction_evaluate=0.0,  # the server evaluates on the test set; sites report validation
+        min_train_nodes=min(s.min_sites, num_sites),
+        min_available_nodes=min(s.min_sites, num_sites),
+        train_metrics_aggr_fn=average_metrics,
+    )
+    opt = dict(eta=s.server_lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedbn":
+        return FedBN(**common)
+    if name == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **common)
+    if name == "fedadam":
+        return FedAdam(**common, **opt)
+    if name == "fedyogi":
+        return FedYogi(**common, **opt)
+    if name == "fedadagrad":
+        return FedAdagrad(eta=s.server_lr, tau=s.tau, **common)
+    if name == "fedavgm":
+        return FedAvgM(server_learning_rate=1.0, server_momentum=s.server_momentum, **common)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=s.trim_fraction, **common)
+    raise ConfigError(
+        f"unknown strategy '{s.name}' (strategy.name): choose from {', '.join(STRATEGIES)}"
+    )
+
+
+__all__ = ["STRATEGIES", "FEDBN_FLAG", "FedBN", "build_strategy", "average_metrics"]
