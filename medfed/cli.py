@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulate":
             return _simulate(args, console)
     except MedfedError as exc:
-        console.print(f"[bold red]medfed:[/] {exc}", highlight=False)
+        console.print(f"[bold red]medfed:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        console.print("[yellow]stopped; continue with --resume[/]")
-        return 130
+        console.print("[yellow]stopped: continue with the same command plus --output DIR --resume[/]")
+        sys.stderr.flush()
+        # Flower's ServerApp thread may still wait for replies; Ray was shut down already.
+        os._exit(130)
     return 1
 
 

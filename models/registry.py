@@ -26,9 +26,13 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: floa
 
 
 def _densenet121(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
-    return DenseNet121(
+    net = DenseNet121(
         spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout
     )
+    # DenseNet downsamples 32x; below 64 px its last blocks would see an empty map.
+    if image_size < 64:
+        return nn.Sequential(nn.Upsample(size=(64, 64), mode="bilinear", align_corners=False), net)
+    return net
 
 
 def _cnn(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:

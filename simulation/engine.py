@@ -32,7 +32,11 @@ def simulate_federation(cfg: DictConfig, plan: RoundPlan, sites_root: str, num_s
     """Run every round of ``plan`` over ``num_sites`` virtual sites stored under ``sites_root``."""
     result = ServerResult()
     locate = SimulatedSites(sites_root, cfg.train.device, cfg.simulation.threads_per_site)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_logger = logging.getLogger("flwr")
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # medfed --verbose shows them
+        flwr_logger.setLevel(logging.ERROR)
+    # Ray leaves CUDA_VISIBLE_DEVICES alone for sites without a GPU share
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         run_simulation(
             server_app=make_server_app(plan, result),

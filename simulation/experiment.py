@@ -90,6 +90,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     setup_seconds = time.perf_counter() - started
 
     log.info("mode %s, %d sites, %d rounds -> %s", cfg.mode, len(sites), cfg.train.rounds, out)
+    if resume and cfg.mode != "federated":
+        outputs.keep_rounds_up_to(0)  # baselines keep no checkpoints: they start again
     if cfg.mode == "federated":
         weights, test, per_site = _federated(cfg, spec, data, sites_root, len(sites), outputs, resume)
     elif cfg.mode == "pooled":

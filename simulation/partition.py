@@ -97,7 +97,11 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
                 for i in range(partitioner.num_partitions)
             ]
     except ValueError as exc:
-        raise DataError(f"cannot split the data with partition.scheme={p.scheme}: {exc}") from exc
+        hint = (
+            " (raise partition.alpha, lower partition.min_site_size or use fewer sites)"
+            if p.scheme == "dirichlet" else ""
+        )
+        raise DataError(f"cannot split the data with partition.scheme={p.scheme}: {exc}{hint}") from exc
 
     natural_names = getattr(partitioner, "partition_id_to_natural_id", None)
     rng = np.random.default_rng(cfg.seed)

@@ -54,7 +54,6 @@ def build_strategy(cfg: DictConfig, num_sites: int) -> Strategy:
     name = s.name.lower()
     common = dict(
         fraction_train=s.fraction_train,
-        fraction_evaluate=0.0,  # the server evaluates on the test set; sites report validation
         min_train_nodes=min(s.min_sites, num_sites),
         min_available_nodes=min(s.min_sites, num_sites),
         train_metrics_aggr_fn=average_metrics,

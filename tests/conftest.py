@@ -1,0 +1,57 @@
+"""Shared fixtures: small real data cut from ../shared/datasets, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfed.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDFED_DATA_DIR") or REPO.parent / "shared" / "datasets")
+PNEUMONIA = SHARED / "pneumoniamnist.npz"
+
+
+def pneumonia_or_skip() -> Path:
+    if not PNEUMONIA.is_file():
+        pytest.skip(f"real data not available: {PNEUMONIA} (see shared/datasets/README.md)")
+    return PNEUMONIA
+
+
+@pytest.fixture
+def small_pneumonia(tmp_path: Path) -> Path:
+    """A folder with ``pneumoniamnist.npz`` holding a class-balanced slice of the real file."""
+    source = np.load(pneumonia_or_skip())
+    rng = np.random.default_rng(0)
+    sizes = {"train": 240, "val": 40, "test": 160}
+    arrays = {}
+    for split, n in sizes.items():
+        labels = source[f"{split}_labels"][:, 0]
+        pick = np.concatenate([rng.choice(np.flatnonzero(labels == c), n // 2, replace=False) for c in (0, 1)])
+        pick.sort()
+        arrays[f"{split}_images"] = source[f"{split}_images"][pick]
+        arrays[f"{split}_labels"] = source[f"{split}_labels"][pick]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(folder / "pneumoniamnist.npz", **arrays)
+    return folder
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """Run ``medfed ...`` in-process with MEDFED_DATA_DIR set; returns the exit code."""
+
+    def run(*args: str, data_dir: Path | None = None) -> int:
+        if data_dir is not None:
+            monkeypatch.setenv("MEDFED_DATA_DIR", str(data_dir))
+        return main([str(a) for a in args])
+
+    return run
+
+
+FAST = [
+    "train.rounds=2", "partition.num_sites=3", "partition.scheme=iid", "logging.progress=false",
+]

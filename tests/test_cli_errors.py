@@ -1,0 +1,84 @@
+"""Bad input: one clear message naming the problem, exit code 2, no finished-looking run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST, REPO
+
+CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"
+
+
+def _expect_bad_input(cli, capsys, out: Path, *args, data_dir=None, message: str):
+    code = cli("simulate", CONFIG, *FAST, *args, "--output", out, data_dir=data_dir)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (out / "summary.json").exists()
+
+
+def test_missing_dataset_file(cli, capsys, tmp_path):
+    _expect_bad_input(cli, capsys, tmp_path / "run", data_dir=tmp_path,
+                      message=f"not found: {tmp_path / 'pneumoniamnist.npz'}")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.dataset=imagenet", "unknown dataset 'imagenet'"),
+        ("model.name=vgg99", "unknown model 'vgg99'"),
+        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'"),
+        ("partition.alpha=0", "partition.alpha"),
+        ("partition.num_sites=100000", "only 280 images"),
+    ],
+)
+def test_bad_settings(cli, capsys, tmp_path, small_pneumonia, override, message):
+    _expect_bad_input(cli, capsys, tmp_path / "run", override, data_dir=small_pneumonia, message=message)
+
+
+def test_npz_without_expected_keys(cli, capsys, tmp_path):
+    np.savez(tmp_path / "pneumoniamnist.npz", images=np.zeros((4, 28, 28), np.uint8))
+    _expect_bad_input(cli, capsys, tmp_path / "run", data_dir=tmp_path, message="missing key(s) train_images")
+
+
+def _folder_dataset(tmp_path, sizes, extra_rows=""):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i, size in enumerate(sizes):
+        Image.fromarray(np.full(size, 10 * i, np.uint8)).save(images / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}\n")
+    (tmp_path / "labels.csv").write_text("image,label\n" + "".join(rows) + extra_rows)
+    return ["data.dataset=folder", "data.folder.images=images", "data.folder.labels_csv=labels.csv"]
+
+
+def test_folder_with_mixed_sizes(cli, capsys, tmp_path):
+    args = _folder_dataset(tmp_path, [(28, 28)] * 5 + [(32, 28)])
+    _expect_bad_input(cli, capsys, tmp_path / "run", *args, data_dir=tmp_path, message="mixed sizes")
+
+
+def test_csv_naming_missing_images(cli, capsys, tmp_path):
+    args = _folder_dataset(tmp_path, [(28, 28)] * 6, extra_rows="lost.png,1\n")
+    _expect_bad_input(cli, capsys, tmp_path / "run", *args, data_dir=tmp_path, message="lost.png")
+
+
+def test_output_folder_of_another_run_is_not_overwritten(cli, capsys, tmp_path, small_pneumonia):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("precious\n")
+    _expect_bad_input(cli, capsys, out, data_dir=small_pneumonia, message="not empty")
+    assert (out / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_exit_code_and_no_traceback_from_the_installed_command(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "medfed.cli", "simulate", str(CONFIG), "train.roundz=1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "train.roundz" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from medfed.errors import ConfigError
+from medfed.models import MODELS, build_model
+from medfed.models.classification import loss_function, metrics
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 64)])
+def test_every_model_maps_images_to_logits(name, channels, size):
+    model = build_model(name, channels, num_classes=4, image_size=size).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, size, size))
+    assert out.shape == (2, 4)
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        build_model("vgg", 1, 2)
+
+
+def test_binary_metrics_on_a_known_case():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.2, 0.9, 0.8, 0.4, 0.7, 0.95])
+    m = metrics("binary", labels, np.stack([1 - p1, p1], axis=1))
+    # predicted 0,1,0,1,1,0,1,1: tp 4, fn 1, tn 2, fp 1
+    assert m["sensitivity"] == pytest.approx(4 / 5)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["balanced_accuracy"] == pytest.approx((4 / 5 + 2 / 3) / 2)
+    # 15 positive-negative pairs; ranked wrongly: (0.6 > 0.4)
+    assert m["auc"] == pytest.approx(14 / 15)
+
+
+def test_auc_is_nan_for_a_single_class():
+    m = metrics("binary", np.array([1, 1, 1]), np.array([[0.2, 0.8]] * 3))
+    assert np.isnan(m["auc"]) and m["accuracy"] == 1.0
+
+
+def test_multiclass_and_multilabel_metrics():
+    labels = np.array([0, 1, 2, 2])
+    probs = np.eye(3)[labels] * 0.8 + 0.2 / 3
+    assert metrics("multiclass", labels, probs)["auc"] == pytest.approx(1.0)
+    multi = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    assert metrics("multilabel", multi, multi * 0.9 + 0.05)["accuracy"] == 1.0
+
+
+def test_class_weights_follow_inverse_frequency_and_skip_absent_classes():
+    loss = loss_function("multiclass", np.array([0, 0, 0, 1]), num_classes=3)
+    assert loss.weight.tolist() == pytest.approx([4 / 6, 4 / 2, 0.0])

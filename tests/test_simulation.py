@@ -1,0 +1,104 @@
+"""End to end through the CLI on a slice of real PneumoniaMNIST."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO
+
+CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"
+RUN_ARGS = FAST + ["train.rounds=3", "train.batch_size=16"]
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _rounds(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_federated_run_writes_every_output(cli, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *RUN_ARGS, "strategy.name=fedprox", "--output", run, data_dir=small_pneumonia) == 0
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "partition.csv", "partition.png",
+                 "learning_curves.png", "model.pt"):
+        assert (run / name).is_file(), name
+    rows = _rounds(run)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert sorted(rows[-1]["sites"]) == ["site-000", "site-001", "site-002"]
+    assert all(r["sites"]["site-000"]["num-examples"] > 0 for r in rows)
+    summary = _summary(run)
+    assert set(summary["test"]) >= {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"}
+    assert summary["test"] == rows[-1]["test"]
+    assert summary["test"]["auc"] > 0.6  # learned something from 240 real X-rays
+    assert "strategy:\n  name: fedprox" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("mode", ["pooled", "local"])
+def test_baselines_use_the_same_sites_and_test_set(cli, tmp_path, small_pneumonia, mode):
+    run = tmp_path / mode
+    assert cli("simulate", CONFIG, *RUN_ARGS, f"mode={mode}", "--output", run, data_dir=small_pneumonia) == 0
+    summary = _summary(run)
+    assert summary["mode"] == mode and 0 <= summary["test"]["auc"] <= 1
+    if mode == "local":
+        assert sorted(summary["per_site"]) == ["site-000", "site-001", "site-002"]
+        assert all("test_auc" in m for m in summary["per_site"].values())
+    assert len(_rounds(run)) == 3
+
+
+def _no_process_left(session: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[4]) == session:
+                return False
+    return True
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_matches_an_uninterrupted_run(cli, tmp_path, small_pneumonia):
+    args = ["simulate", str(CONFIG), *RUN_ARGS]
+    whole = tmp_path / "whole"
+    assert cli(*args, "--output", whole, data_dir=small_pneumonia) == 0
+
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "MEDFED_DATA_DIR": str(small_pneumonia)}
+    proc = subprocess.Popen([sys.executable, "-m", "medfed.cli", *args, "--output", str(stopped)],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (stopped / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and every Ray process it started
+    proc.wait()
+    for _ in range(50):
+        if _no_process_left(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _no_process_left(proc.pid)
+    assert not (stopped / "summary.json").exists()
+    assert len(_rounds(stopped)) < 3
+
+    assert cli(*args, "--output", stopped, "--resume", data_dir=small_pneumonia) == 0
+    assert [r["round"] for r in _rounds(stopped)] == [1, 2, 3]
+    for key, value in _summary(whole)["test"].items():
+        assert _summary(stopped)["test"][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_resume_of_a_finished_run_is_refused(cli, capsys, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *RUN_ARGS, "mode=pooled", "--output", run, data_dir=small_pneumonia) == 0
+    assert cli("simulate", CONFIG, *RUN_ARGS, "mode=pooled", "--output", run, "--resume",
+               data_dir=small_pneumonia) == 2
+    assert "already finished" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+import numpy as np
+import torch
+
+from medfed.client import training
+from medfed.client.datasets import LabelledImages
+from medfed.models import build_model
+from medfed.strategies.fedbn import keep_local_norm, norm_state_keys
+
+
+def _separable(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = np.where(labels[:, None, None] == 1, 200, 40) + rng.integers(0, 30, (n, 12, 12))
+    return LabelledImages(images.astype(np.uint8), labels)
+
+
+def _settings(**kw):
+    base = dict(kind="binary", num_classes=2, epochs=3, batch_size=16, lr=3e-3, seed=5)
+    base.update(kw)
+    return training.TrainSettings(**base)
+
+
+def test_training_learns_a_separable_task():
+    data, model = _separable(), build_model("cnn", 1, 2)
+    before = training.evaluate(model, data, "binary", torch.device("cpu"))["accuracy"]
+    training.train(model, data, _settings(epochs=6), torch.device("cpu"))
+    after = training.evaluate(model, data, "binary", torch.device("cpu"))
+    assert after["accuracy"] >= 0.95 and after["auc"] > 0.99
+    assert before < 0.9
+
+
+def test_same_seed_gives_identical_weights():
+    data = _separable()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("cnn", 1, 2)
+        training.train(model, data, _settings(), torch.device("cpu"))
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_local_steps_replace_epochs():
+    result = training.train(build_model("cnn", 1, 2), _separable(), _settings(steps=5), torch.device("cpu"))
+    assert result["steps"] == 5
+
+
+def test_proximal_term_keeps_weights_closer_to_the_global_model():
+    data = _separable()
+    torch.manual_seed(0)
+    start = build_model("cnn", 1, 2).state_dict()
+
+    def drift(mu):
+        model = build_model("cnn", 1, 2)
+        model.load_state_dict(start)
+        training.train(model, data, _settings(proximal_mu=mu, lr=1e-2), torch.device("cpu"))
+        return sum(float((model.state_dict()[k].float() - start[k].float()).pow(2).sum())
+                   for k in start if start[k].is_floating_point())
+
+    assert drift(5.0) < 0.8 * drift(0.0)
+
+
+def test_random_shift_moves_pixels_but_keeps_shape():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    shifted = training.random_shift(x, torch.Generator().manual_seed(3), 2)
+    assert shifted.shape == x.shape and not torch.equal(shifted, x)
+
+
+def test_fedbn_keeps_the_sites_own_norm_layers():
+    model = build_model("resnet18", 1, 2)
+    keys = norm_state_keys(model)
+    assert keys and all(k in model.state_dict() for k in keys)
+    local = {k: torch.full_like(v, 7) if v.is_floating_point() else v for k, v in keep_local_norm(model, None).items()}
+    fresh = build_model("resnet18", 1, 2)  # stands for the next global model
+    keep_local_norm(fresh, local)
+    state = fresh.state_dict()
+    assert all(torch.equal(state[k], local[k]) for k in keys)
+    conv = next(k for k in state if "conv" in k and k.endswith("weight"))
+    assert not torch.equal(state[conv], model.state_dict()[conv])  # shared layers are not kept
