@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install medfed with its test tools. Torch is pinned first to the
+# CPU build when no CUDA torch is wanted, so pip does not pull GPU wheels on a CPU box.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+    pip install -q "torch==${MEDFED_TORCH_VERSION:-2.13.0}"
+fi
+pip install -q -e ".[test]"
