@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 
 from medfed.client import training
 from medfed.client.site import Site
-from medfed.models import build_model
+from medfed.models import build_model, classification
 from medfed.strategies import FEDBN_FLAG
 from medfed.strategies.fedbn import keep_local_norm
 
@@ -53,18 +53,23 @@ def model_from(config: ConfigRecord) -> torch.nn.Module:
     )
 
 
-def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, MetricRecord]:
-    """One round of local training at ``site``, starting from the global ``arrays``."""
+def _site_model(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> torch.nn.Module:
+    """The global model as this site uses it: with its own norm layers under FedBN."""
     torch.set_num_threads(site.threads)
-    device = training.resolve_device(site.device)
-    settings = settings_from(config, site)
     model = model_from(config)
     model.load_state_dict(arrays.to_torch_state_dict())
-
     norm_file = site.state_dir / NORM_STATE_FILE
-    if bool(config.get(FEDBN_FLAG, False)):
-        saved = torch.load(norm_file, weights_only=True) if norm_file.is_file() else None
-        keep_local_norm(model, saved)
+    if bool(config.get(FEDBN_FLAG, False)) and norm_file.is_file():
+        keep_local_norm(model, torch.load(norm_file, weights_only=True))
+    return model
+
+
+def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, MetricRecord]:
+    """One round of local training at ``site``, starting from the global ``arrays``."""
+    device = training.resolve_device(site.device)
+    settings = settings_from(config, site)
+    model = _site_model(site, arrays, config)
+    norm_file = site.state_dir / NORM_STATE_FILE
 
     result = training.train(model, site.train, settings, device)
     val = training.evaluate(model, site.val, settings.kind, device)
@@ -85,6 +90,20 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     return ArrayRecord(model.state_dict()), MetricRecord(metrics)
 
 
+def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> MetricRecord:
+    """The global model on the site's validation data: metrics and, for binary tasks,
+    the score histogram from which the server picks the operating point."""
+    device = training.resolve_device(site.device)
+    model = _site_model(site, arrays, config)
+    kind = str(config["label-kind"])
+    probs = training.predict(model, site.val.images, kind, device)
+    metrics = {f"val_{k}": v for k, v in classification.metrics(kind, site.val.labels, probs).items()}
+    metrics.update({"num-examples": len(site.val), "site": site.index})
+    if kind == classification.BINARY:
+        metrics["hist-pos"], metrics["hist-neg"] = classification.score_histogram(site.val.labels, probs)
+    return MetricRecord(metrics)
+
+
 def make_client_app(locate_site: Callable[[dict], Site]) -> ClientApp:
     """A ClientApp whose site is found from the SuperNode's ``node_config``."""
     app = ClientApp()
@@ -94,5 +113,11 @@ def make_client_app(locate_site: Callable[[dict], Site]) -> ClientApp:
         site = locate_site(context.node_config)
         arrays, metrics = train_site(site, msg.content["arrays"], msg.content["config"])
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        site = locate_site(context.node_config)
+        metrics = evaluate_site(site, msg.content["arrays"], msg.content["config"])
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app

@@ -151,7 +151,17 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module, data: LabelledImages, kind: str, device: torch.device
+    model: nn.Module, data: LabelledImages, kind: str, device: torch.device, threshold: float = 0.5
 ) -> dict[str, float]:
     """Test metrics of ``model`` on ``data`` (see `classification.metrics`)."""
-    return classification.metrics(kind, data.labels, predict(model, data.images, kind, device))
+    probs = predict(model, data.images, kind, device)
+    return classification.metrics(kind, data.labels, probs, threshold)
+
+
+def validation_threshold(model: nn.Module, sets: list[LabelledImages], device: torch.device) -> float:
+    """Binary operating point chosen on ``sets`` together (see `classification.operating_threshold`)."""
+    positive, negative = 0, 0
+    for data in sets:
+        pos, neg = classification.score_histogram(data.labels, predict(model, data.images, "binary", device))
+        positive, negative = positive + np.array(pos), negative + np.array(neg)
+    return classification.operating_threshold(positive, negative)

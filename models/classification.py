@@ -47,11 +47,44 @@ def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if kind == MULTILABEL else torch.softmax(logits, dim=1)
 
 
-def metrics(kind: str, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+SCORE_BINS = 100  # resolution of the federated operating-point search
+
+
+def score_histogram(labels: np.ndarray, probs: np.ndarray) -> tuple[list[int], list[int]]:
+    """Counts of positive and negative cases per bin of the positive-class probability.
+
+    Sites send these aggregate counts, not their scores, so that the server can choose
+    the binary operating point on all sites' validation data together.
+    """
+    edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)
+    scores = probs[:, 1]
+    positive = np.histogram(scores[labels == 1], bins=edges)[0]
+    negative = np.histogram(scores[labels == 0], bins=edges)[0]
+    return positive.astype(int).tolist(), negative.astype(int).tolist()
+
+
+def operating_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The bin edge that maximises Youden's J (sensitivity + specificity - 1).
+
+    Falls back to 0.5 when the validation data hold a single class.
+    """
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    if positive.sum() == 0 or negative.sum() == 0:
+        return 0.5
+    edges = np.linspace(0.0, 1.0, len(positive) + 1)
+    # predicting positive from edge k on: sensitivity = positives in bins >= k
+    sensitivity = np.cumsum(positive[::-1])[::-1] / positive.sum()
+    specificity = np.concatenate([[0.0], np.cumsum(negative)[:-1]]) / negative.sum()
+    return float(edges[int(np.argmax(sensitivity + specificity))])
+
+
+def metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Test metrics from true labels and predicted probabilities ``(N, classes)``.
 
-    AUC is NaN when the labels hold a single class (AUC is undefined there), as on a
-    site whose validation shard has only one class.
+    Binary predictions are positive from ``threshold`` on (the operating point chosen on
+    validation data); multi-class predictions are the most likely class. AUC is NaN when
+    the labels hold a single class (AUC is undefined there), as on a site whose
+    validation shard has only one class.
     """
     if kind == MULTILABEL:
         predicted = (probs >= 0.5).astype(int)
@@ -70,7 +103,7 @@ def metrics(kind: str, labels: np.ndarray, probs: np.ndarray) -> dict[str, float
             if present
             else float("nan"),
         }
-    predicted = probs.argmax(axis=1)
+    predicted = (probs[:, 1] >= threshold).astype(int) if kind == BINARY else probs.argmax(axis=1)
     single_class = len(np.unique(labels)) < 2
     if single_class:
         auc = float("nan")

@@ -88,12 +88,16 @@ def initial_weights(cfg: DictConfig, spec: ModelSpec) -> dict[str, torch.Tensor]
 
 
 def evaluator(spec: ModelSpec, test: LabelledImages, device: str):
-    """``weights -> test metrics`` of the global model."""
+    """``(weights, threshold) -> test metrics`` of the global model; binary predictions are
+    positive from ``threshold`` on, the operating point chosen on validation data."""
     model, dev = spec.build(), training.resolve_device(device)
 
-    def evaluate(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    def evaluate(weights: dict[str, torch.Tensor], threshold: float = 0.5) -> dict[str, float]:
         model.load_state_dict(weights)
-        return training.evaluate(model, test, spec.label_kind, dev)
+        metrics = training.evaluate(model, test, spec.label_kind, dev, threshold)
+        if spec.label_kind == "binary":
+            metrics["threshold"] = threshold
+        return metrics
 
     return evaluate
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -21,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medfed.errors import MedfedError
+from medfed.models.classification import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint
 from medfed.server.outputs import CHECKPOINT, RunOutputs
 
@@ -38,7 +40,7 @@ class RoundPlan:
     strategy: Strategy
     rounds: int
     site_config: Callable[[int], dict]  # round -> config sent to the sites
-    evaluate: Callable[[dict[str, torch.Tensor]], dict[str, float]]  # global test metrics
+    evaluate: Callable[[dict[str, torch.Tensor], float], dict[str, float]]  # (weights, threshold) -> test metrics
     initial_weights: Callable[[], dict[str, torch.Tensor]]
     outputs: RunOutputs
     fingerprint: str  # of the configuration, so a checkpoint is never resumed by another
@@ -59,6 +61,18 @@ def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str]]:
         name = f"site-{int(metrics.pop('site', -1)):03d}"
         sites[name] = metrics
     return sites, failures
+
+
+def federated_threshold(evaluation: dict[str, dict]) -> float:
+    """Operating point from the sum of the sites' validation score histograms
+    (and pops the histograms, which are not worth logging)."""
+    positive = negative = None
+    for metrics in evaluation.values():
+        pos, neg = metrics.pop("hist-pos", None), metrics.pop("hist-neg", None)
+        if pos is not None:
+            positive = np.add(positive, pos) if positive is not None else np.array(pos)
+            negative = np.add(negative, neg) if negative is not None else np.array(neg)
+    return 0.5 if positive is None else operating_threshold(positive, negative)
 
 
 def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -95,13 +109,18 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 )
             arrays = aggregated
             weights = arrays.to_torch_state_dict()
-            test = plan.evaluate(weights)
+            evaluation, eval_failures = site_metrics(list(grid.send_and_receive(
+                list(plan.strategy.configure_evaluate(rnd, arrays, config, grid)), timeout=plan.timeout
+            )))
+            threshold = federated_threshold(evaluation)
+            test = plan.evaluate(weights, threshold)
             row = {
                 "round": rnd,
                 "test": test,
                 "train": dict(train_metrics or {}),
                 "sites": sites,
-                "sites_failed": failures,
+                "global_model_at_sites": evaluation,
+                "sites_failed": failures + eval_failures,
                 "seconds": time.perf_counter() - started,
             }
             plan.outputs.log_round(row)

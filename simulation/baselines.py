@@ -41,8 +41,9 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
     train = _concat([s.train for s in sites])
 
     def on_round(rnd, model, result, seconds):
+        threshold = _threshold(spec, model, [s.val for s in sites], cfg.train.device)
         outputs.log_round({
-            "round": rnd, "test": evaluate(model.state_dict()),
+            "round": rnd, "test": evaluate(model.state_dict(), threshold),
             "train": {"train_loss": result["train_loss"]}, "sites": {}, "seconds": seconds,
         })
 
@@ -61,8 +62,9 @@ def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, ou
     for index, site in enumerate(sites):
         name = f"site-{index:03d}"
 
-        def on_round(rnd, model, result, seconds, name=name):
-            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict()).items()}
+        def on_round(rnd, model, result, seconds, name=name, val=site.val):
+            threshold = _threshold(spec, model, [val], cfg.train.device)
+            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict(), threshold).items()}
             metrics["train_loss"] = result["train_loss"]
             metrics["num-examples"] = result["num-examples"]
             per_round.setdefault(rnd, {})[name] = metrics
@@ -72,6 +74,13 @@ def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, ou
     for rnd in sorted(per_round):
         outputs.log_round({"round": rnd, "test": _mean_test(per_round[rnd]), "sites": per_round[rnd]})
     return None, _mean_test(finals), finals
+
+
+def _threshold(spec: ModelSpec, model, validation: list[LabelledImages], device: str) -> float:
+    """The operating point on the validation data this baseline may see (binary tasks)."""
+    if spec.label_kind != "binary":
+        return 0.5
+    return training.validation_threshold(model, validation, training.resolve_device(device))
 
 
 def _mean_test(sites: dict[str, dict]) -> dict[str, float]:

@@ -27,6 +27,12 @@ class FedBN(FedAvg):
         config[FEDBN_FLAG] = True
         return super().configure_train(server_round, arrays, config, grid)
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config[FEDBN_FLAG] = True  # sites evaluate with their own normalisation layers
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
 
 def norm_state_keys(model: nn.Module) -> list[str]:
     """State-dict keys of every normalisation layer (weights and running statistics)."""

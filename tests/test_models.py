@@ -50,3 +50,22 @@ def test_multiclass_and_multilabel_metrics():
 def test_class_weights_follow_inverse_frequency_and_skip_absent_classes():
     loss = loss_function("multiclass", np.array([0, 0, 0, 1]), num_classes=3)
     assert loss.weight.tolist() == pytest.approx([4 / 6, 4 / 2, 0.0])
+
+
+def test_operating_threshold_maximises_youden_j():
+    from medfed.models.classification import operating_threshold, score_histogram
+
+    labels = np.array([0] * 6 + [1] * 6)
+    p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.62, 0.64, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99])
+    pos, neg = score_histogram(labels, np.stack([1 - p1, p1], axis=1))
+    assert sum(pos) == 6 and sum(neg) == 6
+    threshold = operating_threshold(np.array(pos), np.array(neg))
+    assert 0.64 < threshold <= 0.70  # separates the classes perfectly
+    m = metrics("binary", labels, np.stack([1 - p1, p1], axis=1), threshold)
+    assert m["accuracy"] == 1.0 and metrics("binary", labels, np.stack([1 - p1, p1], axis=1))["accuracy"] < 1.0
+
+
+def test_operating_threshold_falls_back_for_a_single_class():
+    from medfed.models.classification import operating_threshold
+
+    assert operating_threshold(np.array([0, 3, 1]), np.zeros(3)) == 0.5
