@@ -47,35 +47,45 @@ def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if kind == MULTILABEL else torch.softmax(logits, dim=1)
 
 
-SCORE_BINS = 100  # resolution of the federated operating-point search
+# Bins of the positive class's log-odds: trained networks are confident, so equal steps
+# in probability would put most cases into the first and last bin.
+LOGIT_EDGES = np.linspace(-12.0, 12.0, 241)
+
+
+def _log_odds(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.clip(np.log(p / (1 - p)), LOGIT_EDGES[0], LOGIT_EDGES[-1])
 
 
 def score_histogram(labels: np.ndarray, probs: np.ndarray) -> tuple[list[int], list[int]]:
-    """Counts of positive and negative cases per bin of the positive-class probability.
+    """Counts of positive and negative cases per log-odds bin of the positive class.
 
     Sites send these aggregate counts, not their scores, so that the server can choose
     the binary operating point on all sites' validation data together.
     """
-    edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)
-    scores = probs[:, 1]
-    positive = np.histogram(scores[labels == 1], bins=edges)[0]
-    negative = np.histogram(scores[labels == 0], bins=edges)[0]
+    scores = _log_odds(probs)
+    positive = np.histogram(scores[labels == 1], bins=LOGIT_EDGES)[0]
+    negative = np.histogram(scores[labels == 0], bins=LOGIT_EDGES)[0]
     return positive.astype(int).tolist(), negative.astype(int).tolist()
 
 
 def operating_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
-    """The bin edge that maximises Youden's J (sensitivity + specificity - 1).
+    """The probability at the bin edge that maximises Youden's J (sensitivity +
+    specificity - 1) on histograms from `score_histogram`.
 
     Falls back to 0.5 when the validation data hold a single class.
     """
     positive, negative = np.asarray(positive, float), np.asarray(negative, float)
     if positive.sum() == 0 or negative.sum() == 0:
         return 0.5
-    edges = np.linspace(0.0, 1.0, len(positive) + 1)
     # predicting positive from edge k on: sensitivity = positives in bins >= k
     sensitivity = np.cumsum(positive[::-1])[::-1] / positive.sum()
     specificity = np.concatenate([[0.0], np.cumsum(negative)[:-1]]) / negative.sum()
-    return float(edges[int(np.argmax(sensitivity + specificity))])
+    # among equally good edges take the middle one, the margin is widest there
+    j = sensitivity + specificity
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    edge = LOGIT_EDGES[int(best[len(best) // 2])]
+    return float(1.0 / (1.0 + np.exp(-edge)))
 
 
 def metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
