@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.print("[yellow]stopped: continue with the same command plus --output DIR --resume[/]")
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()  # stop every Ray process this run started
         sys.stderr.flush()
-        # Flower's ServerApp thread may still wait for replies; Ray was shut down already.
+        # Flower's ServerApp thread may still wait for replies and would keep us alive.
         os._exit(130)
     return 1
 

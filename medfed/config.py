@@ -100,6 +100,22 @@ class StrategyConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy: per patient at each site, or per hospital at the server."""
+
+    mechanism: str = "none"  # none | sample (DP-SGD at each site) | client (client-level DP)
+    noise_multiplier: float | None = None  # give this, or target_epsilon
+    target_epsilon: float | None = None  # noise chosen to spend this over the planned rounds
+    delta: float = 1e-5  # sample: each site's delta (must stay below 1/n of the site)
+    max_epsilon: float | None = None  # budget: a site refuses rounds beyond it; client: the run stops
+    max_grad_norm: float = 1.0  # sample: per-sample gradient clipping
+    accountant: str = "rdp"  # sample: rdp or prv (Opacus)
+    clipping_norm: float = 1.0  # client: bound on each site's update norm (initial, if adaptive)
+    clipping: str = "server"  # client: clip at the server or at the sites
+    adaptive: bool = False  # client: adaptive clipping norm (Andrew et al. 2021)
+
+
+@dataclass
 class SimulationConfig:
     cpus_per_site: float = 1.0  # Ray resources per virtual site
     threads_per_site: int = 1  # torch threads inside each virtual site
@@ -125,6 +141,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -202,6 +219,27 @@ def validate(cfg: DictConfig) -> None:
     _check(s.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
     _check(0 <= s.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
     _check(cfg.simulation.threads_per_site >= 1, "simulation.threads_per_site", "must be >= 1")
+    validate_privacy(cfg)
+
+
+def validate_privacy(cfg: DictConfig) -> None:
+    dp = cfg.privacy
+    _check(dp.mechanism in ("none", "sample", "client"), "privacy.mechanism", "is none, sample or client")
+    _check(dp.noise_multiplier is None or dp.noise_multiplier >= 0, "privacy.noise_multiplier",
+           f"must be >= 0, got {dp.noise_multiplier}")
+    _check(dp.target_epsilon is None or dp.target_epsilon > 0, "privacy.target_epsilon", "must be > 0")
+    _check(dp.max_epsilon is None or dp.max_epsilon > 0, "privacy.max_epsilon", "must be > 0")
+    _check(0 < dp.delta < 1, "privacy.delta", f"must be in (0, 1), got {dp.delta}")
+    _check(dp.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {dp.max_grad_norm}")
+    _check(dp.clipping_norm > 0, "privacy.clipping_norm", f"must be > 0, got {dp.clipping_norm}")
+    _check(dp.accountant in ("rdp", "prv"), "privacy.accountant", "is rdp or prv")
+    _check(dp.clipping in ("server", "client"), "privacy.clipping", "is server or client")
+    if dp.mechanism != "none":
+        _check((dp.noise_multiplier is None) != (dp.target_epsilon is None), "privacy.noise_multiplier",
+               "give either privacy.noise_multiplier or privacy.target_epsilon, not both")
+    if dp.mechanism == "client":
+        _check(cfg.strategy.name in ("fedavg", "fedprox"), "strategy.name",
+               "client-level DP accounting needs FedAvg's aggregation (fedavg or fedprox)")
 
 
 def _valid_device(device: str) -> bool:

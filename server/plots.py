@@ -22,15 +22,19 @@ def plot_learning_curves(rows: list[dict], path: Path) -> None:
             left.plot(rounds, values, marker="o", label=f"test {metric}")
     left.set(xlabel="round", ylabel="global test metric", title="Global model", ylim=(0, 1.02))
     left.legend()
-    sites = sorted({s for r in rows for s in r.get("sites", {})})
+    # federated: the global model on each site's validation data; local: each site's own model on the test set
+    key, metric, ylabel = (
+        ("global_model_at_sites", "val_auc", "global model's AUC on site validation data")
+        if any("global_model_at_sites" in r for r in rows)
+        else ("sites", "test_auc", "local model's test AUC")
+    )
+    sites = sorted({s for r in rows for s in r.get(key, {})})
     for site in sites:
-        points = [
-            (r["round"], r["sites"][site].get("val_auc", r["sites"][site].get("test_auc")))
-            for r in rows
-            if site in r.get("sites", {})
-        ]
+        points = [(r["round"], r[key][site].get(metric)) for r in rows if site in r.get(key, {})]
         right.plot([p[0] for p in points], [p[1] for p in points], alpha=0.7, label=site)
-    right.set(xlabel="round", ylabel="site AUC (validation, or test for local models)", title="Sites", ylim=(0, 1.02))
+    right.set(xlabel="round", ylabel=ylabel, title="Sites", ylim=(0, 1.02))
+    for axis in (left, right):
+        axis.xaxis.get_major_locator().set_params(integer=True)
     if 0 < len(sites) <= 12:
         right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
