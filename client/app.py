@@ -8,19 +8,24 @@ The same app runs in the Simulation Engine and on a hospital's SuperNode; only t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from medfed.client import training
+from medfed.client.privacy import BudgetExhausted, DPSettings, SiteAccountant, make_private_model, train_private
+from medfed.client.privacy_mods import client_level_clipping_mod
 from medfed.client.site import Site
+from medfed.privacy import BUDGET_EXHAUSTED, DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
 from medfed.models import build_model, classification
 from medfed.strategies import FEDBN_FLAG
 from medfed.strategies.fedbn import keep_local_norm
 
 NORM_STATE_FILE = "local_norm.pt"
+log = logging.getLogger("medfed.client")
 
 
 def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
@@ -44,12 +49,32 @@ def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
 
 
 def model_from(config: ConfigRecord) -> torch.nn.Module:
-    return build_model(
+    model = build_model(
         str(config["model"]),
         int(config["in-channels"]),
         int(config["num-classes"]),
         int(config["image-size"]),
         float(config["dropout"]),
+    )
+    return make_private_model(model) if config.get(DP_MECHANISM) == "sample" else model
+
+
+def dp_settings_from(config: ConfigRecord, site: Site) -> DPSettings | None:
+    """Sample-level DP settings of the round, with the site's own budget if it is tighter."""
+    if config.get(DP_MECHANISM) != "sample":
+        return None
+    noise = float(config["dp-noise-multiplier"])
+    target = float(config["dp-target-epsilon"])
+    budget = float(config["dp-max-epsilon"])
+    budgets = [b for b in (budget if budget > 0 else None, site.max_epsilon) if b is not None]
+    return DPSettings(
+        noise_multiplier=noise if noise >= 0 else None,
+        target_epsilon=target if target > 0 else None,
+        planned_rounds=int(config["dp-planned-rounds"]),
+        delta=float(config["dp-delta"]),
+        max_grad_norm=float(config["dp-max-grad-norm"]),
+        max_epsilon=min(budgets) if budgets else None,
+        accountant=str(config["dp-accountant"]),
     )
 
 
@@ -71,7 +96,12 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     model = _site_model(site, arrays, config)
     norm_file = site.state_dir / NORM_STATE_FILE
 
-    result = training.train(model, site.train, settings, device)
+    dp = dp_settings_from(config, site)
+    if dp is None:
+        result = training.train(model, site.train, settings, device)
+    else:
+        accountant = SiteAccountant(site.state_dir, dp.accountant)
+        result = train_private(model, site.train, settings, dp, accountant, device)
     val = training.evaluate(model, site.val, settings.kind, device)
 
     if bool(config.get(FEDBN_FLAG, False)):
@@ -85,7 +115,10 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
         "num-examples": int(result["num-examples"]),
         "site": site.index,
         **{f"val_{k}": v for k, v in val.items()},
+        **{k: result[k] for k in PRIVACY_KEYS if k in result},
     }
+    if config.get(DP_MECHANISM) == "client":
+        metrics[UNIT_WEIGHT] = 1  # client-level DP averages sites with equal weights
     model.cpu()
     return ArrayRecord(model.state_dict()), MetricRecord(metrics)
 
@@ -106,12 +139,16 @@ def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> Metr
 
 def make_client_app(locate_site: Callable[[dict], Site]) -> ClientApp:
     """A ClientApp whose site is found from the SuperNode's ``node_config``."""
-    app = ClientApp()
+    app = ClientApp(mods=[client_level_clipping_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = locate_site(context.node_config)
-        arrays, metrics = train_site(site, msg.content["arrays"], msg.content["config"])
+        try:
+            arrays, metrics = train_site(site, msg.content["arrays"], msg.content["config"])
+        except BudgetExhausted as exc:
+            log.warning("%s refuses round %s: %s", site.name, msg.content["config"]["server-round"], exc)
+            return Message(Error(code=BUDGET_EXHAUSTED, reason=f"{site.name}: {exc}"), reply_to=msg)
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()

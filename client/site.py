@@ -26,6 +26,7 @@ class Site:
     state_dir: Path  # what the site keeps between rounds (FedBN layers, privacy budget)
     device: str = "auto"
     threads: int = 1
+    max_epsilon: float | None = None  # the site's own privacy budget (deployment policy)
 
 
 def write_site_data(folder: Path, train: LabelledImages, val: LabelledImages) -> Path:

@@ -75,7 +75,7 @@ def random_shift(batch: torch.Tensor, generator: torch.Generator, max_shift: int
     return padded[index_n, index_c, rows, cols]
 
 
-def _optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
@@ -99,7 +99,7 @@ def train(
     loss_fn = classification.loss_function(
         s.kind, data.labels if s.class_weighting else None, s.num_classes
     ).to(device)
-    optimizer = _optimizer(model, s)
+    optimizer = make_optimizer(model, s)
     use_amp = s.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     anchor = (

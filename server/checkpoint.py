@@ -15,12 +15,34 @@ import torch
 
 from medfed.errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2
 
 
 def strategy_state(strategy: object) -> dict[str, Any]:
-    """The strategy's attributes that change between rounds (plain data, no callables)."""
-    return {k: v for k, v in vars(strategy).items() if not callable(v)}
+    """The strategy's attributes that change between rounds (plain data, no callables).
+
+    Objects that save themselves (Flower's privacy accountants) are kept as their
+    ``state_dict``; a wrapped strategy (the DP wrappers) is saved the same way, nested.
+    """
+    state: dict[str, Any] = {}
+    for key, value in vars(strategy).items():
+        if hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
+            state[key] = ("state_dict", value.state_dict())
+        elif hasattr(value, "configure_train"):
+            state[key] = ("strategy", strategy_state(value))
+        elif not callable(value):
+            state[key] = ("value", value)
+    return state
+
+
+def restore_strategy(strategy: object, state: dict[str, Any]) -> None:
+    for key, (kind, value) in state.items():
+        if kind == "state_dict":
+            getattr(strategy, key).load_state_dict(value)
+        elif kind == "strategy":
+            restore_strategy(getattr(strategy, key), value)
+        else:
+            setattr(strategy, key, value)
 
 
 def save_checkpoint(
@@ -58,5 +80,8 @@ def load_checkpoint(path: Path, strategy: object, fingerprint: str) -> tuple[int
         raise CheckpointError(
             f"{path}: made with a different configuration; resume with the run's own config.yaml"
         )
-    vars(strategy).update(state)
+    try:
+        restore_strategy(strategy, state)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its strategy state does not fit this strategy ({exc})") from exc
     return round_, weights

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from medfed.client import training
 from medfed.client.datasets import LabelledImages, LabelSpace
+from medfed.client.privacy import make_private_model
 from medfed.models import build_model
+from medfed.server.privacy import round_privacy_config
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,16 @@ class ModelSpec:
     image_size: int
     dropout: float
     label_kind: str
+    dp_compatible: bool = False  # sample-level DP: layers Opacus rejects are replaced
 
     @staticmethod
     def of(cfg: DictConfig, labels: LabelSpace, channels: int, image_size: int) -> ModelSpec:
         return ModelSpec(cfg.model.name, channels, labels.num_classes, image_size,
-                         cfg.model.dropout, labels.kind)
+                         cfg.model.dropout, labels.kind, cfg.privacy.mechanism == "sample")
 
     def build(self) -> torch.nn.Module:
-        return build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout)
+        model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout)
+        return make_private_model(model) if self.dp_compatible else model
 
 
 def lr_at(cfg: DictConfig, rnd: int) -> float:
@@ -67,6 +71,7 @@ def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int) -> dict:
         "amp": bool(t.amp),
         "seed": cfg.seed,
         "server-round": rnd,
+        **round_privacy_config(cfg),
     }
 
 

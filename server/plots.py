@@ -40,3 +40,25 @@ def plot_learning_curves(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_privacy(rows: list[dict], path: Path) -> None:
+    """Epsilon spent after each round: every site (sample-level) or the federation (client-level)."""
+    rows = [r for r in rows if r.get("privacy")]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = [r["round"] for r in rows]
+    sites = sorted({s for r in rows for s in r["privacy"].get("sites", {})})
+    for site in sites:
+        ax.plot(rounds, [r["privacy"]["sites"].get(site, {}).get("epsilon") for r in rows], alpha=0.7, label=site)
+    ax.plot(rounds, [r["privacy"].get("epsilon") for r in rows], color="black", linewidth=2,
+            marker="o", label="worst case" if sites else "federation")
+    ax.set(xlabel="round", ylabel=f"epsilon (delta={rows[-1]['privacy'].get('delta')})",
+           title=rows[-1]["privacy"]["mechanism"])
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(sites) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

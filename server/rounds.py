@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +21,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+
 from medfed.errors import MedfedError
+from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.server.privacy import PrivacyLedger
 from medfed.models.classification import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint
 from medfed.server.outputs import CHECKPOINT, RunOutputs
@@ -44,23 +48,26 @@ class RoundPlan:
     initial_weights: Callable[[], dict[str, torch.Tensor]]
     outputs: RunOutputs
     fingerprint: str  # of the configuration, so a checkpoint is never resumed by another
+    privacy: PrivacyLedger | None = None
     timeout: float = 3600.0
     resume: bool = False
     show_progress: bool = True
-    history: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended before its last round, if it did
 
 
-def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str]]:
-    """Per-site metrics of the replies, and a description of each failed reply."""
-    sites, failures = {}, []
+def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str], int]:
+    """Per-site metrics of the replies, a description of each failed reply, and how many
+    of the failures are sites refusing for their privacy budget."""
+    sites, failures, refusals = {}, [], 0
     for reply in replies:
         if reply.has_error():
             failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+            refusals += int(reply.error.code == BUDGET_EXHAUSTED)
             continue
         metrics = dict(next(iter(reply.content.metric_records.values())))
         name = f"site-{int(metrics.pop('site', -1)):03d}"
         sites[name] = metrics
-    return sites, failures
+    return sites, failures, refusals
 
 
 def federated_threshold(evaluation: dict[str, dict]) -> float:
@@ -82,6 +89,8 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
     if plan.resume and checkpoint.is_file():
         start_round, weights = load_checkpoint(checkpoint, plan.strategy, plan.fingerprint)
         plan.outputs.keep_rounds_up_to(start_round)
+        if plan.privacy is not None and plan.outputs.rounds():
+            plan.privacy.restore(plan.outputs.rounds()[-1].get("privacy"))
         log.info("resuming after round %d from %s", start_round, checkpoint)
     if weights is None:
         weights = plan.initial_weights()
@@ -96,12 +105,23 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
         for rnd in range(start_round + 1, plan.rounds + 1):
             started = time.perf_counter()
             config = ConfigRecord(plan.site_config(rnd))
-            messages = list(plan.strategy.configure_train(rnd, arrays, config, grid))
+            if plan.privacy is not None and plan.privacy.would_exceed(plan.strategy):
+                plan.stopped = f"round {rnd} would exceed privacy.max_epsilon"
+                break
+            try:
+                messages = list(plan.strategy.configure_train(rnd, arrays, config, grid))
+            except PrivacyBudgetExhausted as exc:
+                plan.stopped = f"round {rnd}: {exc}"
+                break
             replies = list(grid.send_and_receive(messages, timeout=plan.timeout))
-            sites, failures = site_metrics(replies)
+            sites, failures, refusals = site_metrics(replies)
             for failure in failures:
                 log.warning("round %d: no update from %s", rnd, failure)
             aggregated, train_metrics = plan.strategy.aggregate_train(rnd, replies)
+            if aggregated is None and refusals:
+                plan.stopped = (f"round {rnd}: {refusals} site(s) refused for their privacy budget "
+                                f"and too few remain (strategy.min_sites)")
+                break
             if aggregated is None:
                 raise RoundFailed(
                     f"round {rnd}: only {len(sites)} of {len(messages)} sites sent an update, "
@@ -109,7 +129,9 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 )
             arrays = aggregated
             weights = arrays.to_torch_state_dict()
-            evaluation, eval_failures = site_metrics(list(grid.send_and_receive(
+            if plan.privacy is not None:
+                plan.privacy.record(plan.strategy, sites)
+            evaluation, eval_failures, _ = site_metrics(list(grid.send_and_receive(
                 list(plan.strategy.configure_evaluate(rnd, arrays, config, grid)), timeout=plan.timeout
             )))
             threshold = federated_threshold(evaluation)
@@ -121,6 +143,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 "sites": sites,
                 "global_model_at_sites": evaluation,
                 "sites_failed": failures + eval_failures,
+                "privacy": plan.privacy.block() if plan.privacy is not None else None,
                 "seconds": time.perf_counter() - started,
             }
             plan.outputs.log_round(row)

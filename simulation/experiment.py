@@ -18,8 +18,11 @@ from rich.console import Console
 
 from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
-from medfed.errors import MedfedError
+from medfed.client.privacy import check_site_privacy
+from medfed.errors import ConfigError, MedfedError
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
+from medfed.server.plots import plot_privacy
+from medfed.server.privacy import PrivacyLedger
 from medfed.server.plan import ModelSpec, evaluator, fingerprint, initial_weights, round_config
 from medfed.server.rounds import RoundPlan
 from medfed.simulation.baselines import run_local, run_pooled
@@ -67,8 +70,11 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     out = Path(out) if out else default_output(cfg)
     _check_output(out, resume)
 
+    if cfg.mode != "federated" and cfg.privacy.mechanism != "none":
+        raise ConfigError("privacy.mechanism applies to federated runs: set mode=federated or privacy.mechanism=none")
     data = load_experiment_data(cfg)
     sites = partition(data.pool, cfg)
+    check_site_privacy(cfg, [len(s.train) for s in sites])
     scanners = _apply_shift(sites, cfg)
     spec = ModelSpec.of(cfg, data.labels, data.pool.channels, data.image_size)
     spec.build()  # an unknown model name fails here, before anything is written
@@ -92,13 +98,19 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     log.info("mode %s, %d sites, %d rounds -> %s", cfg.mode, len(sites), cfg.train.rounds, out)
     if resume and cfg.mode != "federated":
         outputs.keep_rounds_up_to(0)  # baselines keep no checkpoints: they start again
+    privacy, stopped = {"mechanism": "none", "epsilon": None}, None
     if cfg.mode == "federated":
-        weights, test, per_site = _federated(cfg, spec, data, sites_root, len(sites), outputs, resume)
+        weights, test, per_site, privacy, stopped = _federated(cfg, spec, data, sites_root, len(sites),
+                                                               outputs, resume)
     elif cfg.mode == "pooled":
         weights, test, per_site = run_pooled(cfg, spec, sites, data.test, outputs)
     else:
         weights, test, per_site = run_local(cfg, spec, sites, data.test, outputs)
+    if stopped:
+        console.print(f"[yellow]stopped early:[/] {stopped}", soft_wrap=True)
 
+    if cfg.privacy.mechanism != "none":
+        plot_privacy(outputs.rounds(), out / "epsilon.png")
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
     outputs.plot()
@@ -113,7 +125,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         "model": cfg.model.name,
         "test": test,
         "per_site": per_site,
-        "privacy": {"mechanism": "none", "epsilon": None},
+        "privacy": privacy,
+        "stopped_early": stopped,
         "seconds": {"setup": setup_seconds, "total": time.perf_counter() - started},
     }
     outputs.write_summary(summary)
@@ -130,6 +143,7 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
         evaluate=evaluator(spec, data.test, cfg.train.device),
         initial_weights=lambda: initial_weights(cfg, spec),
         outputs=outputs,
+        privacy=PrivacyLedger(cfg),
         fingerprint=fingerprint(cfg),
         timeout=cfg.strategy.timeout,
         resume=resume and outputs.path(CHECKPOINT).is_file(),
@@ -139,5 +153,6 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
     if result.error is not None:
         raise result.error
     rows = result.rounds
-    final_sites = rows[-1]["sites"] if rows else {}
-    return result.weights, rows[-1]["test"], final_sites
+    if not rows:
+        raise RunDirError(f"no round finished: {plan.stopped or 'unknown reason'}")
+    return result.weights, rows[-1]["test"], rows[-1]["global_model_at_sites"], plan.privacy.block(), plan.stopped

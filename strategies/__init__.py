@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import (
 from omegaconf import DictConfig
 
 from medfed.errors import ConfigError
+from medfed.privacy import UNIT_WEIGHT
 from medfed.strategies.fedbn import FEDBN_FLAG, FedBN
 
 STRATEGIES = (
@@ -49,7 +50,17 @@ def average_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
 
 
 def build_strategy(cfg: DictConfig, num_sites: int) -> Strategy:
-    """The configured strategy, sampling ``fraction_train`` of ``num_sites`` each round."""
+    """The configured strategy, sampling ``fraction_train`` of ``num_sites`` each round,
+    inside Flower's client-level DP wrapper when ``privacy.mechanism`` is ``client``."""
+    strategy = _aggregation_rule(cfg, num_sites)
+    if cfg.privacy.mechanism == "client":
+        from medfed.server.privacy import wrap_client_level
+
+        return wrap_client_level(strategy, cfg, num_sites)
+    return strategy
+
+
+def _aggregation_rule(cfg: DictConfig, num_sites: int) -> Strategy:
     s = cfg.strategy
     name = s.name.lower()
     common = dict(
@@ -58,6 +69,9 @@ def build_strategy(cfg: DictConfig, num_sites: int) -> Strategy:
         min_available_nodes=min(s.min_sites, num_sites),
         train_metrics_aggr_fn=average_metrics,
     )
+    if cfg.privacy.mechanism == "client":
+        # Flower accounts client-level DP only for an average with equal site weights
+        common["weighted_by_key"] = UNIT_WEIGHT
     opt = dict(eta=s.server_lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if name == "fedavg":
         return FedAvg(**common)

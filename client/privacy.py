@@ -1,0 +1,212 @@
+"""Sample-level differential privacy at a site: DP-SGD with Opacus.
+
+Opacus clips each example's gradient, adds Gaussian noise and samples batches by
+Poisson sampling; its accountant (RDP or PRV) turns the noise, sampling rate and steps
+into epsilon. The site keeps its accountant's history in its state folder, so the
+budget survives rounds, restarts and resumed runs, and refuses a round that would
+push it past its maximum epsilon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from medfed.client import training
+from medfed.client.datasets import LabelledImages
+from medfed.errors import ConfigError
+from medfed.models import classification
+
+log = logging.getLogger("medfed.privacy")
+ACCOUNTANT_FILE = "privacy_accountant.json"
+
+
+class BudgetExhausted(Exception):
+    """This round would take the site past its maximum epsilon."""
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    noise_multiplier: float | None  # or None with target_epsilon
+    target_epsilon: float | None
+    planned_rounds: int
+    delta: float
+    max_grad_norm: float
+    max_epsilon: float | None  # the site's budget; defaults to target_epsilon
+    accountant: str = "rdp"
+
+    @property
+    def budget(self) -> float | None:
+        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+
+def make_private_model(model: nn.Module) -> nn.Module:
+    """The model with every layer Opacus cannot train privately replaced (BatchNorm
+    becomes GroupNorm); unchanged if it is already DP-compatible."""
+    if ModuleValidator.validate(model, strict=False):
+        model = ModuleValidator.fix(model)
+    for module in model.modules():  # Opacus' hooks cannot see through in-place activations
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    return model
+
+
+def steps_per_round(n: int, s: training.TrainSettings) -> tuple[float, int]:
+    """Poisson sampling rate and the number of steps one round takes at a site of ``n``."""
+    sample_rate = min(1.0, s.batch_size / n)
+    steps = s.steps if s.steps is not None else s.epochs * int(1 / sample_rate)
+    return sample_rate, steps
+
+
+def noise_for(dp: DPSettings, sample_rate: float, steps: int) -> float:
+    """The noise multiplier: given, or the least that spends ``target_epsilon`` over the
+    planned rounds (Opacus' search with the site's accountant)."""
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    try:
+        return get_noise_multiplier(
+            target_epsilon=dp.target_epsilon, target_delta=dp.delta, sample_rate=sample_rate,
+            steps=steps * dp.planned_rounds, accountant=dp.accountant,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"privacy.target_epsilon={dp.target_epsilon} cannot be reached in "
+            f"{steps * dp.planned_rounds} steps at sampling rate {sample_rate:.4f} ({exc})"
+        ) from exc
+
+
+def check_site_privacy(cfg, train_sizes: list[int]) -> None:
+    """Before a simulation starts: every site's delta is below 1/n and its target
+    epsilon is reachable, so that no site fails after the engine is up."""
+    dp = cfg.privacy
+    if dp.mechanism != "sample":
+        return
+    settings = training.TrainSettings(kind="binary", num_classes=2, epochs=cfg.train.local_epochs,
+                                      steps=cfg.train.local_steps, batch_size=cfg.train.batch_size)
+    plan = DPSettings(dp.noise_multiplier, dp.target_epsilon, cfg.train.rounds, dp.delta,
+                      dp.max_grad_norm, dp.max_epsilon, dp.accountant)
+    for index, n in enumerate(train_sizes):
+        if dp.delta >= 1.0 / n:
+            raise ConfigError(f"privacy.delta={dp.delta} is not below 1/n for site-{index:03d} (n={n})")
+        noise_for(plan, *steps_per_round(n, settings))
+
+
+class SiteAccountant:
+    """An Opacus accountant whose history is stored in the site's state folder."""
+
+    def __init__(self, folder: Path, kind: str) -> None:
+        self.path = folder / ACCOUNTANT_FILE
+        self.kind = kind
+        self.history: list[tuple[float, float, int]] = []
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved["accountant"] != kind:
+                raise ConfigError(
+                    f"{self.path}: this site's budget was kept with the {saved['accountant']} "
+                    f"accountant, not {kind} (privacy.accountant)"
+                )
+            self.history = [tuple(h) for h in saved["history"]]
+
+    def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
+        history = self.history + ([extra] if extra else [])
+        if not history:
+            return 0.0
+        accountant = create_accountant(self.kind)
+        accountant.history = list(history)
+        return float(accountant.get_epsilon(delta=delta))
+
+    def save(self, history: list) -> None:
+        self.history = [tuple(h) for h in history]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps({"accountant": self.kind, "history": self.history}))
+        partial.replace(self.path)
+
+
+def train_private(
+    model: nn.Module, data: LabelledImages, s: training.TrainSettings, dp: DPSettings,
+    accountant: SiteAccountant, device: torch.device,
+) -> dict[str, float]:
+    """One round of DP-SGD on ``model`` (already DP-compatible); returns loss and privacy spent."""
+    sample_rate, steps = steps_per_round(len(data), s)
+    noise = noise_for(dp, sample_rate, steps)
+    spent_after = accountant.epsilon(dp.delta, (noise, sample_rate, steps))
+    if dp.budget is not None and spent_after > dp.budget * (1 + 1e-6):
+        raise BudgetExhausted(
+            f"privacy budget: this round would spend epsilon {spent_after:.3f} > "
+            f"{dp.budget:.3f} (already spent {accountant.epsilon(dp.delta):.3f})"
+        )
+
+    generator = training.seed_everything(s.seed)
+    model.to(device).train()
+    dataset = TensorDataset(training.to_tensor(data.images), torch.from_numpy(data.labels))
+    loader = DataLoader(dataset, batch_size=s.batch_size, generator=generator)
+    engine = PrivacyEngine(accountant=dp.accountant)
+    engine.accountant.history = list(accountant.history)
+    private_model, optimizer, private_loader = engine.make_private(
+        module=model, optimizer=training.make_optimizer(model, s), data_loader=loader,
+        noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
+    )
+    weights = classification.loss_function(s.kind, data.labels if s.class_weighting else None, s.num_classes)
+    per_sample_loss = _per_sample(weights, s.kind).to(device)
+    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu > 0 else None
+    max_shift = max(1, data.images.shape[1] // 14)
+
+    total_loss, seen, taken = 0.0, 0, 0
+    while taken < steps:
+        for x, y in private_loader:
+            if not len(y):  # an empty Poisson batch (rare): no step, so the accountant counts none
+                continue
+            if s.augment:
+                x = training.random_shift(x, generator, max_shift)
+            x, y = x.to(device), classification.targets(s.kind, y).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = per_sample_loss(private_model(x), y).mean()
+            loss.backward()
+            total_loss += float(loss.detach()) * len(y)
+            seen += len(y)
+            optimizer.step()
+            if anchor is not None:  # FedProx as a decoupled proximal step: data-independent, so free
+                with torch.no_grad():
+                    for p, a in zip(model.parameters(), anchor):
+                        p.sub_(optimizer.param_groups[0]["lr"] * s.proximal_mu * (p - a))
+            taken += 1
+            if taken >= steps:
+                break
+    accountant.save(engine.accountant.history)
+    return {
+        "train_loss": total_loss / max(seen, 1), "num-examples": len(data), "steps": taken,
+        "epsilon": accountant.epsilon(dp.delta), "delta": dp.delta, "noise-multiplier": noise,
+        "sample-rate": sample_rate, "max-grad-norm": dp.max_grad_norm,
+        "total-steps": sum(h[2] for h in accountant.history),
+    }
+
+
+def _per_sample(weighted: nn.Module, kind: str) -> nn.Module:
+    """The task loss without reduction, so that Opacus sees one loss per example."""
+    if kind == classification.MULTILABEL:
+        return nn.BCEWithLogitsLoss(pos_weight=getattr(weighted, "pos_weight", None), reduction="none")
+    return _WeightedCrossEntropy(getattr(weighted, "weight", None))
+
+
+class _WeightedCrossEntropy(nn.Module):
+    """Cross-entropy per example, times its class weight (a mean over the batch keeps
+    Opacus' "mean" reduction exact, unlike torch's weighted mean)."""
+
+    def __init__(self, weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, target, reduction="none")
+        return loss if self.weight is None else loss * self.weight[target]
