@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,11 @@ def make_private_model(model: nn.Module) -> nn.Module:
 
 
 def steps_per_round(n: int, s: training.TrainSettings) -> tuple[float, int]:
-    """Poisson sampling rate and the number of steps one round takes at a site of ``n``."""
-    sample_rate = min(1.0, s.batch_size / n)
-    steps = s.steps if s.steps is not None else s.epochs * int(1 / sample_rate)
-    return sample_rate, steps
+    """Poisson sampling rate and the number of steps one round takes at a site of ``n``,
+    as Opacus sets them: the rate is one over the number of batches of an epoch."""
+    batches = math.ceil(n / s.batch_size)
+    steps = s.steps if s.steps is not None else s.epochs * batches
+    return 1.0 / batches, steps
 
 
 def noise_for(dp: DPSettings, sample_rate: float, steps: int) -> float:
