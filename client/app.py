@@ -56,7 +56,7 @@ def model_from(config: ConfigRecord) -> torch.nn.Module:
         int(config["image-size"]),
         float(config["dropout"]),
     )
-    return make_private_model(model) if config.get(DP_MECHANISM) == "sample" else model
+    return make_private_model(model) if config.get(DP_MECHANISM, "none") != "none" else model
 
 
 def dp_settings_from(config: ConfigRecord, site: Site) -> DPSettings | None:

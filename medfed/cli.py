@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--output", "-o", type=Path, help="run folder (default: runs/NAME-MODE-TIME)")
     sim.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     sim.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
+    sweep = commands.add_parser(
+        "sweep", help="privacy-utility sweep: the same federation at several epsilon targets",
+    )
+    sweep.add_argument("config", type=Path, help="YAML config with privacy.mechanism sample or client")
+    sweep.add_argument("overrides", nargs="*", help="settings to change, as key=value")
+    sweep.add_argument("--epsilons", default="none,8,4,2,1", help="targets, 'none' for no DP (default: %(default)s)")
+    sweep.add_argument("--output", "-o", type=Path, help="sweep folder (default: runs/NAME-sweep)")
+    sweep.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
     return parser
 
 
@@ -47,6 +55,20 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, console: Console) -> int:
+    from medfed.config import load_config
+    from medfed.simulation.sweep import parse_targets, run_sweep
+
+    targets = parse_targets(args.epsilons)
+    cfg = load_config(args.config, args.overrides)
+    out = args.output or Path("runs") / f"{cfg.name}-sweep"
+    rows = run_sweep(cfg, targets, out, console)
+    for row in rows:
+        console.print(f"epsilon {row['target_epsilon'] or 'none'}: test AUC {row['test_auc']:.3f}")
+    console.print(f"[bold green]finished[/] sweep: {out / 'sweep.csv'}, {out / 'privacy_utility.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
@@ -57,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args, console)
+        if args.command == "sweep":
+            return _sweep(args, console)
     except MedfedError as exc:
         console.print(f"[bold red]medfed:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT

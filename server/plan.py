@@ -30,12 +30,14 @@ class ModelSpec:
     image_size: int
     dropout: float
     label_kind: str
-    dp_compatible: bool = False  # sample-level DP: layers Opacus rejects are replaced
+    # under DP, layers Opacus rejects are replaced: DP-SGD needs it, and client-level noise
+    # on BatchNorm's running variance could make it negative
+    dp_compatible: bool = False
 
     @staticmethod
     def of(cfg: DictConfig, labels: LabelSpace, channels: int, image_size: int) -> ModelSpec:
         return ModelSpec(cfg.model.name, channels, labels.num_classes, image_size,
-                         cfg.model.dropout, labels.kind, cfg.privacy.mechanism == "sample")
+                         cfg.model.dropout, labels.kind, cfg.privacy.mechanism != "none")
 
     def build(self) -> torch.nn.Module:
         model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout)

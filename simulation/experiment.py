@@ -25,6 +25,8 @@ from medfed.server.plots import plot_privacy
 from medfed.server.privacy import PrivacyLedger
 from medfed.server.plan import ModelSpec, evaluator, fingerprint, initial_weights, round_config
 from medfed.server.rounds import RoundPlan
+from medfed.client.training import resolve_device
+from medfed.simulation.audit import membership_attack
 from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
@@ -111,6 +113,11 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
 
     if cfg.privacy.mechanism != "none":
         plot_privacy(outputs.rounds(), out / "epsilon.png")
+    audit = None
+    if weights is not None:
+        model = spec.build()
+        model.load_state_dict(weights)
+        audit = membership_attack(model, sites, spec.label_kind, resolve_device(cfg.train.device), cfg.seed)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
     outputs.plot()
@@ -125,7 +132,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         "model": cfg.model.name,
         "test": test,
         "per_site": per_site,
-        "privacy": privacy,
+        "privacy": {**privacy, "membership_inference": audit},
         "stopped_early": stopped,
         "seconds": {"setup": setup_seconds, "total": time.perf_counter() - started},
     }

@@ -1,0 +1,73 @@
+"""Differential privacy end to end in the Simulation Engine, on a slice of real data."""
+
+import json
+
+import pytest
+
+from conftest import FAST, REPO
+from medfed.server.privacy import client_epsilon
+
+CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"
+ARGS = FAST + ["train.batch_size=16"]
+
+
+def _summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_sample_level_dp_with_fedprox_reports_every_site(cli, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *ARGS, "strategy.name=fedprox", "strategy.proximal_mu=0.1",
+               "privacy.target_epsilon=4", "--output", run, data_dir=small_pneumonia) == 0
+    privacy = _summary(run)["privacy"]
+    assert privacy["mechanism"].startswith("sample-level")
+    assert sorted(privacy["sites"]) == ["site-000", "site-001", "site-002"]
+    for site in privacy["sites"].values():
+        assert 0 < site["epsilon"] <= 4.0 and site["noise-multiplier"] > 0 and site["delta"] == 1e-5
+    assert privacy["epsilon"] == max(s["epsilon"] for s in privacy["sites"].values())
+    assert 0 <= privacy["membership_inference"]["auc"] <= 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["privacy"]["epsilon"] < rows[1]["privacy"]["epsilon"]  # spending grows per round
+    assert (run / "epsilon.png").is_file()
+
+
+@pytest.mark.slow
+def test_sites_refuse_past_their_budget_and_the_run_ends_cleanly(cli, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    # at this noise a round costs epsilon 4.3, two 5.3, three 6.2: every site refuses round 3
+    assert cli("simulate", CONFIG, *ARGS, "train.rounds=3", "privacy.target_epsilon=null",
+               "privacy.noise_multiplier=1.0", "privacy.max_epsilon=5.8", "--output", run,
+               data_dir=small_pneumonia) == 0
+    summary = _summary(run)
+    assert "privacy budget" in summary["stopped_early"]
+    rounds = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rounds) == 2
+    assert summary["privacy"]["epsilon"] <= 5.8
+
+
+@pytest.mark.slow
+def test_client_level_dp_epsilon_comes_from_the_accountant(cli, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *ARGS, "privacy.mechanism=client", "privacy.target_epsilon=null",
+               "privacy.noise_multiplier=1.5", "privacy.clipping_norm=0.5", "--output", run,
+               data_dir=small_pneumonia) == 0
+    privacy = _summary(run)["privacy"]
+    assert privacy["mechanism"].startswith("client-level")
+    assert privacy["rounds"] == 2 and privacy["noise_multiplier"] == 1.5
+    assert privacy["epsilon"] == pytest.approx(client_epsilon(1.5, 2, 3, 1e-5), rel=1e-6)
+
+
+def test_unreachable_epsilon_target_stops_before_anything_runs(cli, capsys, tmp_path, small_pneumonia):
+    run = tmp_path / "run"
+    code = cli("simulate", CONFIG, *ARGS, "privacy.target_epsilon=1e-9", "--output", run,
+               data_dir=small_pneumonia)
+    assert code == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_delta_must_stay_below_one_over_n(cli, capsys, tmp_path, small_pneumonia):
+    code = cli("simulate", CONFIG, *ARGS, "privacy.delta=0.5", "--output", tmp_path / "run",
+               data_dir=small_pneumonia)
+    assert code == 2 and "not below 1/n" in capsys.readouterr().err
