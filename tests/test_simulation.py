@@ -102,3 +102,13 @@ def test_resume_of_a_finished_run_is_refused(cli, capsys, tmp_path, small_pneumo
     assert cli("simulate", CONFIG, *RUN_ARGS, "mode=pooled", "--output", run, "--resume",
                data_dir=small_pneumonia) == 2
     assert "already finished" in capsys.readouterr().err
+
+
+def test_wandb_logging_runs_offline(cli, tmp_path, small_pneumonia, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *RUN_ARGS, "mode=pooled", "train.rounds=1", "logging.wandb=true",
+               "--output", run, data_dir=small_pneumonia) == 0
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline and any(offline[0].glob("*.wandb"))
