@@ -52,6 +52,23 @@ def cli(monkeypatch):
     return run
 
 
+def separable_images(n: int = 64, seed: int = 0):
+    """Two classes of 12x12 images that differ in brightness: easy to learn."""
+    from medfed.client.datasets import LabelledImages
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = np.where(labels[:, None, None] == 1, 200, 40) + rng.integers(0, 30, (n, 12, 12))
+    return LabelledImages(images.astype(np.uint8), labels)
+
+
+def train_settings(**overrides):
+    from medfed.client.training import TrainSettings
+
+    base = dict(kind="binary", num_classes=2, epochs=3, batch_size=16, lr=3e-3, seed=5)
+    return TrainSettings(**{**base, **overrides})
+
+
 FAST = [
     "train.rounds=2", "partition.num_sites=3", "partition.scheme=iid", "logging.progress=false",
 ]

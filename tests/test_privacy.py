@@ -1,13 +1,11 @@
 """Privacy accounting checked against independent computations, budgets and bad settings."""
 
 import dp_accounting
-import numpy as np
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
+from conftest import separable_images, train_settings
 from medfed.client.privacy import (
     BudgetExhausted, DPSettings, SiteAccountant, make_private_model, train_private,
 )
@@ -17,17 +15,12 @@ from medfed.models import build_model
 from medfed.server.privacy import client_epsilon, client_noise_for
 
 
-def _data(n=120, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    images = np.where(labels[:, None, None] == 1, 180, 60) + rng.integers(0, 40, (n, 12, 12))
-    return LabelledImages(images.astype(np.uint8), labels)
+def _data():
+    return separable_images(120)
 
 
 def _settings(**kw):
-    base = dict(kind="binary", num_classes=2, epochs=1, batch_size=16, lr=1e-3, seed=3)
-    base.update(kw)
-    return training.TrainSettings(**base)
+    return train_settings(**{"epochs": 1, "lr": 1e-3, **kw})
 
 
 def _dp(**kw):

@@ -1,23 +1,12 @@
-import numpy as np
 import torch
 
 from medfed.client import training
-from medfed.client.datasets import LabelledImages
 from medfed.models import build_model
 from medfed.strategies.fedbn import keep_local_norm, norm_state_keys
 
 
-def _separable(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    images = np.where(labels[:, None, None] == 1, 200, 40) + rng.integers(0, 30, (n, 12, 12))
-    return LabelledImages(images.astype(np.uint8), labels)
-
-
-def _settings(**kw):
-    base = dict(kind="binary", num_classes=2, epochs=3, batch_size=16, lr=3e-3, seed=5)
-    base.update(kw)
-    return training.TrainSettings(**base)
+from conftest import separable_images as _separable
+from conftest import train_settings as _settings
 
 
 def test_training_learns_a_separable_task():
