@@ -1,7 +1,9 @@
 """The ClientApp: a site receives the global model, trains it locally and replies.
 
 The reply holds the trained weights and aggregate metrics only (loss, number of
-examples, local validation metrics, the site's index): never images or per-sample data.
+examples, local validation metrics, the site's index, and under DP the privacy it has
+spent): never images or per-sample data. A site refuses, with an error reply, a round
+that would take it past its privacy budget.
 The same app runs in the Simulation Engine and on a hospital's SuperNode; only the
 `locate_site` callable differs.
 """

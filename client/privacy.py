@@ -62,6 +62,15 @@ def make_private_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def incompatible_layers(model: nn.Module) -> dict[str, int]:
+    """Layer types of ``model`` that `make_private_model` replaces, with their counts."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if type(module) in ModuleValidator.FIXERS:
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
+
+
 def steps_per_round(n: int, s: training.TrainSettings) -> tuple[float, int]:
     """Poisson sampling rate and the number of steps one round takes at a site of ``n``,
     as Opacus sets them: the rate is one over the number of batches of an epoch."""

@@ -18,8 +18,9 @@ from rich.console import Console
 
 from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
-from medfed.client.privacy import check_site_privacy
+from medfed.client.privacy import check_site_privacy, incompatible_layers
 from medfed.errors import ConfigError, MedfedError
+from medfed.models import build_model
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
 from medfed.server.privacy import PrivacyLedger
@@ -80,6 +81,11 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     scanners = _apply_shift(sites, cfg)
     spec = ModelSpec.of(cfg, data.labels, data.pool.channels, data.image_size)
     spec.build()  # an unknown model name fails here, before anything is written
+    if spec.dp_compatible:
+        raw = build_model(spec.name, spec.in_channels, spec.num_classes, spec.image_size, spec.dropout)
+        for layer, count in incompatible_layers(raw).items():
+            console.print(f"privacy: Opacus' ModuleValidator replaced {count} {layer} layer(s) "
+                          "(BatchNorm becomes GroupNorm) in every party's model", soft_wrap=True)
 
     outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project,
                                           out.name, as_dict(cfg), out))

@@ -16,10 +16,11 @@ def _summary(run):
 
 
 @pytest.mark.slow
-def test_sample_level_dp_with_fedprox_reports_every_site(cli, tmp_path, small_pneumonia):
+def test_sample_level_dp_with_fedprox_reports_every_site(cli, capsys, tmp_path, small_pneumonia):
     run = tmp_path / "run"
     assert cli("simulate", CONFIG, *ARGS, "strategy.name=fedprox", "strategy.proximal_mu=0.1",
                "privacy.target_epsilon=4", "--output", run, data_dir=small_pneumonia) == 0
+    assert "ModuleValidator replaced 5 BatchNorm2d" in capsys.readouterr().err
     privacy = _summary(run)["privacy"]
     assert privacy["mechanism"].startswith("sample-level")
     assert sorted(privacy["sites"]) == ["site-000", "site-001", "site-002"]
