@@ -4,6 +4,7 @@ federation's learning-rate schedule, for the same number of epochs per round."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
         })
 
     if cfg.train.local_steps:  # the federation takes local_steps at every site each round
-        cfg = cfg.copy()
+        cfg = copy.deepcopy(cfg)
         cfg.train.local_steps = cfg.train.local_steps * len(sites)
     weights = _train_rounds(cfg, spec, train, seed_offset=10_000, on_round=on_round)
     return weights, outputs.rounds()[-1]["test"], {}

@@ -7,6 +7,7 @@ attack into ``sweep.csv`` and plots AUC against epsilon in ``privacy_utility.png
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -49,7 +50,7 @@ def run_sweep(cfg: DictConfig, targets: list[float | None], out: Path, console: 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for target in targets:
-        run_cfg = cfg.copy()
+        run_cfg = copy.deepcopy(cfg)  # DictConfig.copy() would share the nested nodes
         label = "none" if target is None else f"{target:g}"
         if target is None:
             run_cfg.privacy.mechanism = "none"

@@ -72,3 +72,23 @@ def test_delta_must_stay_below_one_over_n(cli, capsys, tmp_path, small_pneumonia
     code = cli("simulate", CONFIG, *ARGS, "privacy.delta=0.5", "--output", tmp_path / "run",
                data_dir=small_pneumonia)
     assert code == 2 and "not below 1/n" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_writes_one_row_per_target(cli, tmp_path, small_pneumonia):
+    out = tmp_path / "sweep"
+    assert cli("sweep", CONFIG, *ARGS, "train.rounds=1", "--epsilons", "none,4", "--output", out,
+               data_dir=small_pneumonia) == 0
+    lines = (out / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("target_epsilon,epsilon_spent,test_auc")
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[0] for r in rows] == ["", "4.0"]
+    assert rows[0][1] == "" and 0 < float(rows[1][1]) <= 4.0
+    assert (out / "privacy_utility.png").is_file()
+    assert (out / "epsilon-none" / "summary.json").is_file() and (out / "epsilon-4" / "summary.json").is_file()
+
+
+def test_sweep_rejects_a_bad_target(cli, capsys, tmp_path, small_pneumonia):
+    assert cli("sweep", CONFIG, *ARGS, "--epsilons", "8,lots", "--output", tmp_path / "s",
+               data_dir=small_pneumonia) == 2
+    assert "'lots' is not a number" in capsys.readouterr().err
