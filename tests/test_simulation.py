@@ -112,3 +112,16 @@ def test_wandb_logging_runs_offline(cli, tmp_path, small_pneumonia, monkeypatch)
                "--output", run, data_dir=small_pneumonia) == 0
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline and any(offline[0].glob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_fedbn_keeps_normalisation_layers_at_each_site(cli, tmp_path, small_pneumonia):
+    import torch
+
+    run = tmp_path / "run"
+    assert cli("simulate", CONFIG, *RUN_ARGS, "train.rounds=2", "strategy.name=fedbn", "--output", run,
+               data_dir=small_pneumonia) == 0
+    saved = [torch.load(run / "sites" / f"site-00{i}" / "state" / "local_norm.pt") for i in range(3)]
+    assert all(any("running_mean" in k for k in s) for s in saved)
+    key = next(k for k in saved[0] if k.endswith("running_mean"))
+    assert not torch.equal(saved[0][key], saved[1][key])  # each site's own statistics
