@@ -24,9 +24,11 @@ from medfed.models import build_model
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
 from medfed.server.privacy import PrivacyLedger
-from medfed.server.plan import ModelSpec, evaluator, fingerprint, initial_weights, round_config
+from medfed.server.plan import (
+    ModelSpec, evaluator, fingerprint, initial_weights, round_config, train_settings,
+)
 from medfed.server.rounds import RoundPlan
-from medfed.client.training import resolve_device
+from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, partition
@@ -123,7 +125,9 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     if weights is not None:
         model = spec.build()
         model.load_state_dict(weights)
-        audit = membership_attack(model, sites, spec.label_kind, resolve_device(cfg.train.device), cfg.seed)
+        device = resolve_device(cfg.train.device)
+        audit = membership_attack(model, sites, spec.label_kind, device, cfg.seed, reference=spec.build(),
+                                  train_reference=_reference_trainer(cfg, spec, device), test=data.test)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
     outputs.plot()
@@ -144,6 +148,17 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     }
     outputs.write_summary(summary)
     return summary
+
+
+def _reference_trainer(cfg: DictConfig, spec: ModelSpec, device):
+    """Trains the audit's reference model as the federation trained: same settings, as
+    many epochs as rounds x local epochs (without DP: the reference has nothing to hide)."""
+
+    def train_reference(model, data) -> None:
+        for rnd in range(1, cfg.train.rounds + 1):
+            train(model, data, train_settings(cfg, spec, rnd, seed=cfg.seed + rnd), device)
+
+    return train_reference
 
 
 def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool):

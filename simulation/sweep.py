@@ -23,7 +23,8 @@ from medfed.errors import ConfigError  # noqa: E402
 from medfed.simulation.experiment import run_experiment  # noqa: E402
 
 COLUMNS = ("target_epsilon", "epsilon_spent", "test_auc", "test_accuracy", "attack_auc",
-           "attack_tpr_at_1pct_fpr", "stopped_early", "run")
+           "attack_tpr_at_1pct_fpr", "calibrated_attack_auc", "calibrated_attack_tpr_at_1pct_fpr",
+           "stopped_early", "run")
 
 
 def parse_targets(text: str) -> list[float | None]:
@@ -69,6 +70,8 @@ def run_sweep(cfg: DictConfig, targets: list[float | None], out: Path, console: 
             "test_accuracy": summary["test"].get("accuracy"),
             "attack_auc": attack.get("auc"),
             "attack_tpr_at_1pct_fpr": attack.get("tpr_at_1pct_fpr"),
+            "calibrated_attack_auc": attack.get("calibrated", {}).get("auc"),
+            "calibrated_attack_tpr_at_1pct_fpr": attack.get("calibrated", {}).get("tpr_at_1pct_fpr"),
             "stopped_early": summary.get("stopped_early") or "",
             "run": run_dir.name,
         })
