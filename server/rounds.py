@@ -70,6 +70,13 @@ def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str], in
     return sites, failures, refusals
 
 
+def _site_order(reply: Message) -> tuple[int, int]:
+    if reply.has_error():
+        return (1, reply.metadata.src_node_id)
+    metrics = next(iter(reply.content.metric_records.values()))
+    return (0, int(metrics.get("site", -1)))
+
+
 def federated_threshold(evaluation: dict[str, dict]) -> float:
     """Operating point from the sum of the sites' validation score histograms
     (and pops the histograms, which are not worth logging)."""
@@ -113,7 +120,8 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             except PrivacyBudgetExhausted as exc:
                 plan.stopped = f"round {rnd}: {exc}"
                 break
-            replies = list(grid.send_and_receive(messages, timeout=plan.timeout))
+            # replies arrive in any order; aggregating them by site keeps runs bit-for-bit repeatable
+            replies = sorted(grid.send_and_receive(messages, timeout=plan.timeout), key=_site_order)
             sites, failures, refusals = site_metrics(replies)
             for failure in failures:
                 log.warning("round %d: no update from %s", rnd, failure)
