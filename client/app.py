@@ -91,12 +91,20 @@ def _site_model(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> torch.
     return model
 
 
+def _save_local_norm(site: Site, model: torch.nn.Module) -> None:
+    """FedBN: keep this site's normalisation layers for its next round (written whole)."""
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    norm_file = site.state_dir / NORM_STATE_FILE
+    partial = norm_file.with_suffix(".partial")
+    torch.save(keep_local_norm(model, None), partial)
+    partial.replace(norm_file)
+
+
 def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, MetricRecord]:
     """One round of local training at ``site``, starting from the global ``arrays``."""
     device = training.resolve_device(site.device)
     settings = settings_from(config, site)
     model = _site_model(site, arrays, config)
-    norm_file = site.state_dir / NORM_STATE_FILE
 
     dp = dp_settings_from(config, site)
     if dp is None:
@@ -107,10 +115,7 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     val = training.evaluate(model, site.val, settings.kind, device)
 
     if bool(config.get(FEDBN_FLAG, False)):
-        site.state_dir.mkdir(parents=True, exist_ok=True)
-        partial = norm_file.with_suffix(".partial")
-        torch.save(keep_local_norm(model, None), partial)
-        partial.replace(norm_file)
+        _save_local_norm(site, model)
 
     metrics = {
         "train_loss": result["train_loss"],

@@ -42,6 +42,13 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def concat(parts: list[LabelledImages]) -> LabelledImages:
+        """One set holding every image of ``parts`` (site names are dropped)."""
+        return LabelledImages(
+            np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
+        )
+
     def subset(self, index: np.ndarray) -> LabelledImages:
         sites = None if self.sites is None else self.sites[index]
         return LabelledImages(self.images[index], self.labels[index], sites)

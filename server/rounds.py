@@ -96,8 +96,9 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
     if plan.resume and checkpoint.is_file():
         start_round, weights = load_checkpoint(checkpoint, plan.strategy, plan.fingerprint)
         plan.outputs.keep_rounds_up_to(start_round)
-        if plan.privacy is not None and plan.outputs.rounds():
-            plan.privacy.restore(plan.outputs.rounds()[-1].get("privacy"))
+        kept = plan.outputs.rounds()
+        if plan.privacy is not None and kept:
+            plan.privacy.restore(kept[-1].get("privacy"))
         log.info("resuming after round %d from %s", start_round, checkpoint)
     if weights is None:
         weights = plan.initial_weights()

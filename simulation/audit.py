@@ -33,10 +33,6 @@ def example_losses(model: torch.nn.Module, data: LabelledImages, kind: str, devi
     return -np.log(np.clip(probs[np.arange(len(data)), data.labels], 1e-12, 1.0))
 
 
-def _concat(parts: list[LabelledImages]) -> LabelledImages:
-    return LabelledImages(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
-
-
 def _score(attack: str, member_scores: np.ndarray, outsider_scores: np.ndarray, rng) -> dict:
     """AUC and TPR at 1% FPR with as many members as non-members (higher: member)."""
     n = min(len(member_scores), len(outsider_scores))
@@ -61,7 +57,8 @@ def membership_attack(model: torch.nn.Module, sites: list[SiteShard], kind: str,
     (a function ``(model, data) -> None`` that trains in place) and the test set, the
     calibrated attack as well, under ``"calibrated"``."""
     rng = np.random.default_rng(seed)
-    members, outsiders = _concat([s.train for s in sites]), _concat([s.val for s in sites])
+    members = LabelledImages.concat([s.train for s in sites])
+    outsiders = LabelledImages.concat([s.val for s in sites])
     member_loss = example_losses(model, members, kind, device)
     outsider_loss = example_losses(model, outsiders, kind, device)
     result = _score("loss-threshold", -member_loss, -outsider_loss, rng)
@@ -69,7 +66,7 @@ def membership_attack(model: torch.nn.Module, sites: list[SiteShard], kind: str,
         return result
     order = rng.permutation(len(outsiders))
     half = len(order) // 2
-    train_reference(reference, _concat([test, outsiders.subset(order[:half])]))
+    train_reference(reference, LabelledImages.concat([test, outsiders.subset(order[:half])]))
     audited = order[half:]
     calibrated_members = example_losses(reference, members, kind, device) - member_loss
     calibrated_outsiders = (example_losses(reference, outsiders.subset(audited), kind, device)

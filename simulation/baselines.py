@@ -18,12 +18,6 @@ from medfed.server.plan import ModelSpec, evaluator, initial_weights, train_sett
 from medfed.simulation.partition import SiteShard
 
 
-def _concat(parts: list[LabelledImages]) -> LabelledImages:
-    return LabelledImages(
-        np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
-    )
-
-
 def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) -> dict[str, torch.Tensor]:
     model = spec.build()
     model.load_state_dict(initial_weights(cfg, spec))
@@ -39,7 +33,7 @@ def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) 
 def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
     """Centralized training on the union of the sites' training shards."""
     evaluate = evaluator(spec, test, cfg.train.device)
-    train = _concat([s.train for s in sites])
+    train = LabelledImages.concat([s.train for s in sites])
 
     def on_round(rnd, model, result, seconds):
         threshold = _threshold(spec, model, [s.val for s in sites], cfg.train.device)

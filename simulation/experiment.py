@@ -27,7 +27,7 @@ from medfed.server.privacy import PrivacyLedger
 from medfed.server.plan import (
     ModelSpec, evaluator, fingerprint, initial_weights, round_config, train_settings,
 )
-from medfed.server.rounds import RoundPlan
+from medfed.server.rounds import RoundFailed, RoundPlan
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.baselines import run_local, run_pooled
@@ -182,5 +182,5 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
         raise result.error
     rows = result.rounds
     if not rows:
-        raise RunDirError(f"no round finished: {plan.stopped or 'unknown reason'}")
+        raise RoundFailed(f"no round finished: {plan.stopped or 'unknown reason'}")
     return result.weights, rows[-1]["test"], rows[-1]["global_model_at_sites"], plan.privacy.block(), plan.stopped

@@ -34,9 +34,7 @@ def load_experiment_data(cfg: DictConfig) -> ExperimentData:
     else:
         path = medmnist_path(d.dataset, d.size, d.root)
         train, val = read_npz_split(path, "train"), read_npz_split(path, "val")
-        pool = LabelledImages(
-            np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels])
-        )
+        pool = LabelledImages.concat([train, val])
         test, source = read_npz_split(path, "test"), str(path)
     if pool.images.shape[1:] != test.images.shape[1:]:
         raise DataError(

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from medfed.client.datasets import LabelledImages
 from medfed.config import load_config
