@@ -18,11 +18,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from medfed.client import training
-from medfed.client.privacy import BudgetExhausted, DPSettings, SiteAccountant, make_private_model, train_private
+from medfed.client.privacy import BudgetExhausted, DPSettings, SiteAccountant
 from medfed.client.privacy_mods import client_level_clipping_mod
 from medfed.client.site import Site
+from medfed.client.tasks import CLASSIFICATION, local_evaluate, local_train
 from medfed.privacy import BUDGET_EXHAUSTED, DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
-from medfed.models import build_model, classification
+from medfed.models import classification
+from medfed.models.spec import ModelSpec
 from medfed.strategies import FEDBN_FLAG
 from medfed.strategies.fedbn import keep_local_norm
 
@@ -32,9 +34,10 @@ log = logging.getLogger("medfed.client")
 
 def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
     """The round's hyper-parameters, with a seed unique to this site and round."""
+    spec = ModelSpec.from_config(config)
     return training.TrainSettings(
         kind=str(config["label-kind"]),
-        num_classes=int(config["num-classes"]),
+        num_classes=spec.num_classes,
         epochs=int(config["local-epochs"]),
         steps=int(config["local-steps"]) if int(config.get("local-steps", 0)) > 0 else None,
         batch_size=int(config["batch-size"]),
@@ -47,18 +50,9 @@ def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         amp=bool(config["amp"]),
         seed=int(config["seed"]) * 100_003 + int(config["server-round"]) * 1_009 + site.index,
+        task=spec.task,
+        patch_size=spec.image_size,
     )
-
-
-def model_from(config: ConfigRecord) -> torch.nn.Module:
-    model = build_model(
-        str(config["model"]),
-        int(config["in-channels"]),
-        int(config["num-classes"]),
-        int(config["image-size"]),
-        float(config["dropout"]),
-    )
-    return make_private_model(model) if config.get(DP_MECHANISM, "none") != "none" else model
 
 
 def dp_settings_from(config: ConfigRecord, site: Site) -> DPSettings | None:
@@ -83,7 +77,7 @@ def dp_settings_from(config: ConfigRecord, site: Site) -> DPSettings | None:
 def _site_model(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> torch.nn.Module:
     """The global model as this site uses it: with its own norm layers under FedBN."""
     torch.set_num_threads(site.threads)
-    model = model_from(config)
+    model = ModelSpec.from_config(config).build()
     model.load_state_dict(arrays.to_torch_state_dict())
     norm_file = site.state_dir / NORM_STATE_FILE
     if bool(config.get(FEDBN_FLAG, False)) and norm_file.is_file():
@@ -107,12 +101,9 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     model = _site_model(site, arrays, config)
 
     dp = dp_settings_from(config, site)
-    if dp is None:
-        result = training.train(model, site.train, settings, device)
-    else:
-        accountant = SiteAccountant(site.state_dir, dp.accountant)
-        result = train_private(model, site.train, settings, dp, accountant, device)
-    val = training.evaluate(model, site.val, settings.kind, device)
+    accountant = SiteAccountant(site.state_dir, dp.accountant) if dp is not None else None
+    result = local_train(model, site.train, settings, device, dp, accountant)
+    val = local_evaluate(model, site.val, settings, device)
 
     if bool(config.get(FEDBN_FLAG, False)):
         _save_local_norm(site, model)
@@ -135,11 +126,14 @@ def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> Metr
     the score histogram from which the server picks the operating point."""
     device = training.resolve_device(site.device)
     model = _site_model(site, arrays, config)
-    kind = str(config["label-kind"])
-    probs = training.predict(model, site.val.images, kind, device)
-    metrics = {f"val_{k}": v for k, v in classification.metrics(kind, site.val.labels, probs).items()}
+    settings = settings_from(config, site)
+    if settings.task != CLASSIFICATION:
+        metrics = {f"val_{k}": v for k, v in local_evaluate(model, site.val, settings, device).items()}
+        return MetricRecord({**metrics, "num-examples": len(site.val), "site": site.index})
+    probs = training.predict(model, site.val.images, settings.kind, device)
+    metrics = {f"val_{k}": v for k, v in classification.metrics(settings.kind, site.val.labels, probs).items()}
     metrics.update({"num-examples": len(site.val), "site": site.index})
-    if kind == classification.BINARY:
+    if settings.kind == classification.BINARY:
         metrics["hist-pos"], metrics["hist-neg"] = classification.score_histogram(site.val.labels, probs)
     return MetricRecord(metrics)
 

@@ -103,7 +103,8 @@ def check_site_privacy(cfg, train_sizes: list[int]) -> None:
     if dp.mechanism != "sample":
         return
     settings = training.TrainSettings(kind="binary", num_classes=2, epochs=cfg.train.local_epochs,
-                                      steps=cfg.train.local_steps, batch_size=cfg.train.batch_size)
+                                      steps=cfg.train.local_steps, batch_size=cfg.train.batch_size,
+                                      task=cfg.task)
     plan = DPSettings(dp.noise_multiplier, dp.target_epsilon, cfg.train.rounds, dp.delta,
                       dp.max_grad_norm, dp.max_epsilon, dp.accountant)
     for index, n in enumerate(train_sizes):
@@ -151,12 +152,7 @@ def train_private(
     """One round of DP-SGD on ``model`` (already DP-compatible); returns loss and privacy spent."""
     sample_rate, steps = steps_per_round(len(data), s)
     noise = noise_for(dp, sample_rate, steps)
-    spent_after = accountant.epsilon(dp.delta, (noise, sample_rate, steps))
-    if dp.budget is not None and spent_after > dp.budget * (1 + 1e-6):
-        raise BudgetExhausted(
-            f"privacy budget: this round would spend epsilon {spent_after:.3f} > "
-            f"{dp.budget:.3f} (already spent {accountant.epsilon(dp.delta):.3f})"
-        )
+    check_budget(dp, accountant, noise, sample_rate, steps)
 
     generator = training.seed_everything(s.seed)
     model.to(device).train()
@@ -195,8 +191,24 @@ def train_private(
             if taken >= steps:
                 break
     accountant.save(engine.accountant.history)
+    return {"train_loss": total_loss / max(seen, 1), "num-examples": len(data), "steps": taken,
+            **privacy_spent(accountant, dp, noise, sample_rate)}
+
+
+def check_budget(dp: DPSettings, accountant: SiteAccountant, noise: float, sample_rate: float,
+                 steps: int) -> None:
+    """Refuse (`BudgetExhausted`) a round that would take the site past its budget."""
+    spent_after = accountant.epsilon(dp.delta, (noise, sample_rate, steps))
+    if dp.budget is not None and spent_after > dp.budget * (1 + 1e-6):
+        raise BudgetExhausted(
+            f"privacy budget: this round would spend epsilon {spent_after:.3f} > "
+            f"{dp.budget:.3f} (already spent {accountant.epsilon(dp.delta):.3f})"
+        )
+
+
+def privacy_spent(accountant: SiteAccountant, dp: DPSettings, noise: float, sample_rate: float) -> dict:
+    """What a site reports after a private round: its total epsilon and the mechanism."""
     return {
-        "train_loss": total_loss / max(seen, 1), "num-examples": len(data), "steps": taken,
         "epsilon": accountant.epsilon(dp.delta), "delta": dp.delta, "noise-multiplier": noise,
         "sample-rate": sample_rate, "max-grad-norm": dp.max_grad_norm,
         "total-steps": sum(h[2] for h in accountant.history),

@@ -13,25 +13,32 @@ from pathlib import Path
 import numpy as np
 
 from medfed.client.datasets import LabelledImages, read_npz_split
+from medfed.client.segmentation_data import SegmentationImages
 
 SITE_DATA_FILE = "data.npz"  # train_* and val_* arrays of one site
+SEGMENTATION_FILES = ("train.npz", "val.npz")  # a segmentation site's images with masks
 
 
 @dataclass
 class Site:
     name: str
     index: int
-    train: LabelledImages
-    val: LabelledImages
+    train: LabelledImages | SegmentationImages
+    val: LabelledImages | SegmentationImages
     state_dir: Path  # what the site keeps between rounds (FedBN layers, privacy budget)
     device: str = "auto"
     threads: int = 1
     max_epsilon: float | None = None  # the site's own privacy budget (deployment policy)
 
 
-def write_site_data(folder: Path, train: LabelledImages, val: LabelledImages) -> Path:
-    """Store one site's shard as ``folder/data.npz`` (written whole, then renamed)."""
+def write_site_data(folder: Path, train, val) -> Path:
+    """Store one site's shard in ``folder`` (each file written whole, then renamed):
+    ``data.npz`` for labelled images, ``train.npz`` and ``val.npz`` for segmentation."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(train, SegmentationImages):
+        train.save(folder / SEGMENTATION_FILES[0])
+        val.save(folder / SEGMENTATION_FILES[1])
+        return folder
     target = folder / SITE_DATA_FILE
     partial = folder / (SITE_DATA_FILE + ".partial.npz")
     np.savez(
@@ -46,8 +53,11 @@ def write_site_data(folder: Path, train: LabelledImages, val: LabelledImages) ->
 
 
 @lru_cache(maxsize=64)
-def read_site_data(path: Path) -> tuple[LabelledImages, LabelledImages]:
+def read_site_data(folder: Path) -> tuple:
     """A site's train and validation sets; cached, since a site trains every round."""
+    if (folder / SEGMENTATION_FILES[0]).is_file():
+        return tuple(SegmentationImages.load(folder / name) for name in SEGMENTATION_FILES)
+    path = folder / SITE_DATA_FILE
     return read_npz_split(path, "train"), read_npz_split(path, "val")
 
 
@@ -65,7 +75,7 @@ class SimulatedSites:
     def __call__(self, node_config) -> Site:
         index = int(node_config["partition-id"])
         folder = Path(self.root) / site_folder_name(index)
-        train, val = read_site_data(folder / SITE_DATA_FILE)
+        train, val = read_site_data(folder)
         return Site(site_folder_name(index), index, train, val, folder / "state",
                     self.device, self.threads)
 

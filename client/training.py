@@ -36,6 +36,8 @@ class TrainSettings:
     proximal_mu: float = 0.0  # FedProx: weight of ||w - w_global||^2 / 2
     amp: bool = True
     seed: int = 0
+    task: str = "classification"  # classification, segmentation or gan
+    patch_size: int = 64  # segmentation: training patches of this size (pixels per side)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from medfed.errors import ConfigError
 
 MODES = ("federated", "pooled", "local")
-TASKS = ("classification",)
+TASKS = ("classification", "segmentation", "gan")
+SEGMENTATION_FORMATS = ("drive", "masks", "nifti", "dicom")
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
@@ -35,6 +36,29 @@ class FolderConfig:
 
 
 @dataclass
+class SegmentationSource:
+    """Images with masks in one folder: a whole dataset, or one hospital's own files."""
+
+    name: str = ""  # the site's name in natural multi-site mode
+    format: str = "drive"  # drive | masks (image + mask folders) | nifti | dicom (one series)
+    path: str = "DRIVE"  # under data.root, or absolute
+    split: str = "train"  # drive: train (training/) or test (test/)
+    images: str = "images"  # masks: image folder; nifti: image folder
+    masks: str = "1st_manual"  # masks: mask folder; nifti: label folder; dicom: the mask file
+    fov: str | None = "mask"  # masks: field-of-view folder, or null for none
+    slices: str = "2d"  # nifti: 2d (axial slices) or 3d (whole volumes)
+
+
+@dataclass
+class SegmentationDataConfig:
+    train: SegmentationSource = field(default_factory=SegmentationSource)
+    test: SegmentationSource = field(default_factory=lambda: SegmentationSource(split="test"))
+    sites: list[SegmentationSource] = field(default_factory=list)  # natural multi-site: one per hospital
+    patch_size: int = 64  # training patches (pixels per side); inference windows are twice this
+    overlays: int = 4  # test images saved as image / truth / prediction PNGs
+
+
+@dataclass
 class DataConfig:
     dataset: str = "pneumoniamnist"  # a MedMNIST 2D flag, or "folder"
     size: int = 28  # MedMNIST image size: 28, 64, 128 or 224
@@ -42,6 +66,7 @@ class DataConfig:
     folder: FolderConfig = field(default_factory=FolderConfig)
     val_fraction: float = 0.1  # of each site's shard, kept for local validation
     augment: bool = True  # random shifts during local training
+    segmentation: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
 
 
 @dataclass
@@ -64,8 +89,17 @@ class ShiftConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"
+    name: str = "cnn"  # classification: cnn, resnet18, densenet121; segmentation: unet, basicunet; gan: dcgan
     dropout: float = 0.2
+    norm: str = "instance"  # segmentation: instance or group (both accepted by DP-SGD)
+    spatial_dims: int = 2  # segmentation: 2 or 3 (3D needs nifti volumes or a dicom series)
+
+
+@dataclass
+class GanConfig:
+    latent_dim: int = 64
+    samples_per_class: int = 1000  # generated images per class for the metrics
+    tstr_epochs: int = 5  # epochs of the train-on-synthetic classifier
 
 
 @dataclass
@@ -116,6 +150,11 @@ class PrivacyConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    every: int = 1  # rounds between evaluations of the global model on the test set (the last always)
+
+
+@dataclass
 class SimulationConfig:
     cpus_per_site: float = 1.0  # Ray resources per virtual site
     threads_per_site: int = 1  # torch threads inside each virtual site
@@ -139,9 +178,11 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -219,7 +260,40 @@ def validate(cfg: DictConfig) -> None:
     _check(s.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
     _check(0 <= s.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
     _check(cfg.simulation.threads_per_site >= 1, "simulation.threads_per_site", "must be >= 1")
+    validate_task(cfg)
     validate_privacy(cfg)
+
+
+def validate_task(cfg: DictConfig) -> None:
+    """Settings that depend on the task: models, data sources, partitions."""
+    from medfed.models.registry import TASK_MODELS
+
+    models = TASK_MODELS[cfg.task]
+    _check(cfg.model.name in models, "model.name", f"unknown model '{cfg.model.name}' for task "
+           f"{cfg.task}: choose from {', '.join(models)}")
+    _check(cfg.model.norm in ("instance", "group"), "model.norm", "is instance or group")
+    _check(cfg.model.spatial_dims in (2, 3), "model.spatial_dims", "is 2 or 3")
+    g = cfg.gan
+    _check(g.latent_dim >= 1 and g.samples_per_class >= 1 and g.tstr_epochs >= 1,
+           "gan", "latent_dim, samples_per_class and tstr_epochs must be >= 1")
+    _check(cfg.evaluation.every >= 1, "evaluation.every", "must be >= 1")
+    if cfg.task != "segmentation":
+        return
+    seg = cfg.data.segmentation
+    _check(seg.patch_size >= 16 and seg.patch_size % 16 == 0, "data.segmentation.patch_size",
+           f"must be a multiple of 16, got {seg.patch_size}")
+    sources = {"data.segmentation.train": seg.train, "data.segmentation.test": seg.test}
+    sources.update({f"data.segmentation.sites[{i}]": s for i, s in enumerate(seg.sites)})
+    for key, source in sources.items():
+        _check(source.format in SEGMENTATION_FORMATS, f"{key}.format",
+               f"'{source.format}' is not one of {', '.join(SEGMENTATION_FORMATS)}")
+        _check(source.split in ("train", "test"), f"{key}.split", "is train or test")
+        _check(source.slices in ("2d", "3d"), f"{key}.slices", "is 2d or 3d")
+    _check(cfg.partition.scheme in ("iid", "quantity", "natural"), "partition.scheme",
+           "segmentation sites are split iid, by quantity, or naturally (data.segmentation.sites)")
+    natural = cfg.partition.scheme == "natural"
+    _check(natural == bool(seg.sites), "data.segmentation.sites",
+           "list one folder per site exactly when partition.scheme is natural")
 
 
 def validate_privacy(cfg: DictConfig) -> None:

@@ -46,10 +46,26 @@ MODELS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
 }
 
 
+SEGMENTATION_MODELS = ("unet", "basicunet")
+GAN_MODELS = ("dcgan",)
+TASK_MODELS = {"classification": tuple(MODELS), "segmentation": SEGMENTATION_MODELS, "gan": GAN_MODELS}
+
+
 def build_model(
-    name: str, in_channels: int, num_classes: int, image_size: int = 28, dropout: float = 0.2
+    name: str, in_channels: int, num_classes: int, image_size: int = 28, dropout: float = 0.2,
+    task: str = "classification", spatial_dims: int = 2, norm: str = "instance", latent_dim: int = 64,
 ) -> nn.Module:
-    """A fresh network; the caller seeds torch first when it wants the same weights."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}' (model.name): choose from {', '.join(MODELS)}")
+    """A fresh network for ``task``; the caller seeds torch first when it wants the same weights."""
+    known = TASK_MODELS.get(task, ())
+    if name not in known:
+        raise ConfigError(f"unknown model '{name}' for task {task} (model.name): choose from {', '.join(known)}")
+    if task == "segmentation":
+        from medfed.models.segmentation import build_unet
+
+        return build_unet(name, spatial_dims, in_channels, num_classes, norm, dropout)
+    if task == "gan":
+        from medfed.models.gan import ConditionalGAN
+
+        return ConditionalGAN(latent_dim=latent_dim, num_classes=num_classes, channels=in_channels,
+                              image_size=image_size)
     return MODELS[name](in_channels, num_classes, image_size, dropout)

@@ -8,40 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medfed.client import training
-from medfed.client.datasets import LabelledImages, LabelSpace
-from medfed.client.privacy import make_private_model
-from medfed.models import build_model
+from medfed.client.datasets import LabelSpace
+from medfed.models.spec import ModelSpec
 from medfed.server.privacy import round_privacy_config
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The network every party builds: the same name, input and output sizes."""
+def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int, image_size: int) -> ModelSpec:
+    """The network of the experiment. For segmentation, ``num_classes`` counts the mask's
+    labels with background and the network's input is the training patch."""
+    segmentation = cfg.task == "segmentation"
+    return ModelSpec(
+        name=cfg.model.name, in_channels=channels, num_classes=num_classes,
+        image_size=cfg.data.segmentation.patch_size if segmentation else image_size,
+        dropout=cfg.model.dropout, label_kind=label_kind,
+        dp_compatible=cfg.privacy.mechanism != "none", task=cfg.task,
+        spatial_dims=cfg.model.spatial_dims if segmentation else 2, norm=cfg.model.norm,
+        latent_dim=cfg.gan.latent_dim,
+    )
 
-    name: str
-    in_channels: int
-    num_classes: int
-    image_size: int
-    dropout: float
-    label_kind: str
-    # under DP, layers Opacus rejects are replaced: DP-SGD needs it, and client-level noise
-    # on BatchNorm's running variance could make it negative
-    dp_compatible: bool = False
 
-    @staticmethod
-    def of(cfg: DictConfig, labels: LabelSpace, channels: int, image_size: int) -> ModelSpec:
-        return ModelSpec(cfg.model.name, channels, labels.num_classes, image_size,
-                         cfg.model.dropout, labels.kind, cfg.privacy.mechanism != "none")
-
-    def build(self) -> torch.nn.Module:
-        model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout)
-        return make_private_model(model) if self.dp_compatible else model
+def classifier_spec(cfg: DictConfig, labels: LabelSpace, channels: int, image_size: int) -> ModelSpec:
+    """Classification and GAN tasks: the outputs follow the label space."""
+    kind = "gan" if cfg.task == "gan" else labels.kind
+    return model_spec(cfg, labels.num_classes, kind, channels, image_size)
 
 
 def lr_at(cfg: DictConfig, rnd: int) -> float:
@@ -55,11 +49,7 @@ def lr_at(cfg: DictConfig, rnd: int) -> float:
 def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int) -> dict:
     t = cfg.train
     return {
-        "model": spec.name,
-        "in-channels": spec.in_channels,
-        "num-classes": spec.num_classes,
-        "image-size": spec.image_size,
-        "dropout": float(spec.dropout),
+        **spec.to_config(),
         "label-kind": spec.label_kind,
         "local-epochs": t.local_epochs,
         "local-steps": t.local_steps or 0,
@@ -84,7 +74,7 @@ def train_settings(cfg: DictConfig, spec: ModelSpec, rnd: int, seed: int) -> tra
         kind=spec.label_kind, num_classes=spec.num_classes, epochs=t.local_epochs,
         steps=t.local_steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=lr_at(cfg, rnd),
         momentum=t.momentum, weight_decay=t.weight_decay, class_weighting=t.class_weighting,
-        augment=cfg.data.augment, amp=t.amp, seed=seed,
+        augment=cfg.data.augment, amp=t.amp, seed=seed, task=spec.task, patch_size=spec.image_size,
     )
 
 
@@ -92,21 +82,6 @@ def initial_weights(cfg: DictConfig, spec: ModelSpec) -> dict[str, torch.Tensor]
     """The round-0 global model, the same for the same seed."""
     torch.manual_seed(cfg.seed)
     return spec.build().state_dict()
-
-
-def evaluator(spec: ModelSpec, test: LabelledImages, device: str):
-    """``(weights, threshold) -> test metrics`` of the global model; binary predictions are
-    positive from ``threshold`` on, the operating point chosen on validation data."""
-    model, dev = spec.build(), training.resolve_device(device)
-
-    def evaluate(weights: dict[str, torch.Tensor], threshold: float = 0.5) -> dict[str, float]:
-        model.load_state_dict(weights)
-        metrics = training.evaluate(model, test, spec.label_kind, dev, threshold)
-        if spec.label_kind == "binary":
-            metrics["threshold"] = threshold
-        return metrics
-
-    return evaluate
 
 
 def fingerprint(cfg: DictConfig) -> str:

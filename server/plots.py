@@ -10,24 +10,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+TEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "dice", "iou", "tstr_auc")
+SITE_METRICS = ("dice", "auc")  # the first a run reports is drawn per site
+
+
 def plot_learning_curves(rows: list[dict], path: Path) -> None:
     """Global test metrics per round (left) and each site's validation AUC (right)."""
     if not rows:
         return
-    rounds = [r["round"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for metric in ("auc", "accuracy", "balanced_accuracy"):
-        values = [r["test"].get(metric) for r in rows]
-        if any(v is not None for v in values):
-            left.plot(rounds, values, marker="o", label=f"test {metric}")
+    for metric in TEST_METRICS:
+        points = [(r["round"], r["test"].get(metric)) for r in rows if r["test"].get(metric) is not None]
+        if points:  # rounds without a test evaluation (evaluation.every) are skipped
+            left.plot(*zip(*points), marker="o", label=f"test {metric}")
     left.set(xlabel="round", ylabel="global test metric", title="Global model", ylim=(0, 1.02))
     left.legend()
     # federated: the global model on each site's validation data; local: each site's own model on the test set
-    key, metric, ylabel = (
-        ("global_model_at_sites", "val_auc", "global model's AUC on site validation data")
-        if any("global_model_at_sites" in r for r in rows)
-        else ("sites", "test_auc", "local model's test AUC")
-    )
+    federated = any("global_model_at_sites" in r for r in rows)
+    key, prefix = ("global_model_at_sites", "val_") if federated else ("sites", "test_")
+    found = {m for r in rows for site in r.get(key, {}).values() for m in site}
+    name = next((m for m in SITE_METRICS if prefix + m in found), "auc")
+    metric = prefix + name
+    ylabel = (f"global model's {name} on site validation data" if federated else f"local model's test {name}")
     sites = sorted({s for r in rows for s in r.get(key, {})})
     for site in sites:
         points = [(r["round"], r[key][site].get(metric)) for r in rows if site in r.get(key, {})]

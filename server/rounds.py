@@ -44,7 +44,7 @@ class RoundPlan:
     strategy: Strategy
     rounds: int
     site_config: Callable[[int], dict]  # round -> config sent to the sites
-    evaluate: Callable[[dict[str, torch.Tensor], float], dict[str, float]]  # (weights, threshold) -> test metrics
+    evaluate: Callable[[dict[str, torch.Tensor], float, int], dict[str, float]]  # (weights, threshold, round) -> test metrics
     initial_weights: Callable[[], dict[str, torch.Tensor]]
     outputs: RunOutputs
     fingerprint: str  # of the configuration, so a checkpoint is never resumed by another
@@ -87,6 +87,17 @@ def federated_threshold(evaluation: dict[str, dict]) -> float:
             positive = np.add(positive, pos) if positive is not None else np.array(pos)
             negative = np.add(negative, neg) if negative is not None else np.array(neg)
     return 0.5 if positive is None else operating_threshold(positive, negative)
+
+
+HEADLINE = ("dice", "tstr_auc", "auc")  # the figure the progress bar shows, first found
+
+
+def headline(test: dict[str, float]) -> str:
+    for key in HEADLINE:
+        value = test.get(key)
+        if value is not None and math.isfinite(value):
+            return f"test {key} {value:.3f}"
+    return ""
 
 
 def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -144,7 +155,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 list(plan.strategy.configure_evaluate(rnd, arrays, config, grid)), timeout=plan.timeout
             )))
             threshold = federated_threshold(evaluation)
-            test = plan.evaluate(weights, threshold)
+            test = plan.evaluate(weights, threshold, rnd)
             row = {
                 "round": rnd,
                 "test": test,
@@ -157,6 +168,5 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             }
             plan.outputs.log_round(row)
             save_checkpoint(checkpoint, rnd, weights, plan.strategy, plan.fingerprint)
-            auc = test.get("auc", float("nan"))
-            progress.update(task, advance=1, status=f"test AUC {auc:.3f}" if math.isfinite(auc) else "")
+            progress.update(task, advance=1, status=headline(test))
     return weights, plan.outputs.rounds()

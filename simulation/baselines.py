@@ -13,8 +13,11 @@ from omegaconf import DictConfig
 
 from medfed.client import training
 from medfed.client.datasets import LabelledImages
+from medfed.client.tasks import local_train
+from medfed.models.spec import ModelSpec
+from medfed.server.evaluation import evaluator
 from medfed.server.outputs import RunOutputs
-from medfed.server.plan import ModelSpec, evaluator, initial_weights, train_settings
+from medfed.server.plan import initial_weights, train_settings
 from medfed.simulation.partition import SiteShard
 
 
@@ -25,20 +28,21 @@ def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) 
     for rnd in range(1, cfg.train.rounds + 1):
         settings = train_settings(cfg, spec, rnd, seed=cfg.seed * 100_003 + rnd * 1_009 + seed_offset)
         started = time.perf_counter()
-        result = training.train(model, train, settings, device)
+        result = local_train(model, train, settings, device)
         on_round(rnd, model, result, time.perf_counter() - started)
     return model.state_dict()
 
 
 def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
     """Centralized training on the union of the sites' training shards."""
-    evaluate = evaluator(spec, test, cfg.train.device)
-    train = LabelledImages.concat([s.train for s in sites])
+    evaluate = evaluator(cfg, spec, test, LabelledImages.concat([s.train for s in sites])
+                         if spec.task == "gan" else None, outputs.dir)
+    train = type(sites[0].train).concat([s.train for s in sites])
 
     def on_round(rnd, model, result, seconds):
         threshold = _threshold(spec, model, [s.val for s in sites], cfg.train.device)
         outputs.log_round({
-            "round": rnd, "test": evaluate(model.state_dict(), threshold),
+            "round": rnd, "test": evaluate(model.state_dict(), threshold, rnd),
             "train": {"train_loss": result["train_loss"]}, "sites": {}, "seconds": seconds,
         })
 
@@ -51,7 +55,8 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
 
 def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
     """Each site trains alone; every local model is scored on the global test set."""
-    evaluate = evaluator(spec, test, cfg.train.device)
+    evaluate = evaluator(cfg, spec, test, LabelledImages.concat([s.train for s in sites])
+                         if spec.task == "gan" else None)
     per_round: dict[int, dict] = {}
     finals = {}
     for index, site in enumerate(sites):
@@ -59,7 +64,7 @@ def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, ou
 
         def on_round(rnd, model, result, seconds, name=name, val=site.val):
             threshold = _threshold(spec, model, [val], cfg.train.device)
-            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict(), threshold).items()}
+            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict(), threshold, rnd).items()}
             metrics["train_loss"] = result["train_loss"]
             metrics["num-examples"] = result["num-examples"]
             per_round.setdefault(rnd, {})[name] = metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -20,18 +21,20 @@ from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
 from medfed.client.privacy import check_site_privacy, incompatible_layers
 from medfed.errors import ConfigError, MedfedError
-from medfed.models import build_model
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
 from medfed.server.privacy import PrivacyLedger
+from medfed.models.spec import ModelSpec
+from medfed.server.evaluation import evaluator
+from medfed.server.examples import save_examples
 from medfed.server.plan import (
-    ModelSpec, evaluator, fingerprint, initial_weights, round_config, train_settings,
+    classifier_spec, fingerprint, initial_weights, model_spec, round_config, train_settings,
 )
 from medfed.server.rounds import RoundFailed, RoundPlan
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.baselines import run_local, run_pooled
-from medfed.simulation.partition import SiteShard, partition
+from medfed.simulation.partition import SiteShard, natural_sites, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.sources import load_experiment_data
@@ -63,7 +66,8 @@ def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
     for i, (site, scanner) in enumerate(zip(sites, scanners)):
         if scanner is not None:
             rng = np.random.default_rng([cfg.seed, i, 11])
-            site.train, site.val = scanner.apply(site.train, rng), scanner.apply(site.val, rng)
+            apply = scanner.apply_segmentation if cfg.task == "segmentation" else scanner.apply
+            site.train, site.val = apply(site.train, rng), apply(site.val, rng)
     return scanners
 
 
@@ -78,13 +82,16 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     if cfg.mode != "federated" and cfg.privacy.mechanism != "none":
         raise ConfigError("privacy.mechanism applies to federated runs: set mode=federated or privacy.mechanism=none")
     data = load_experiment_data(cfg)
-    sites = partition(data.pool, cfg)
+    sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
     check_site_privacy(cfg, [len(s.train) for s in sites])
     scanners = _apply_shift(sites, cfg)
-    spec = ModelSpec.of(cfg, data.labels, data.pool.channels, data.image_size)
+    if cfg.task == "segmentation":
+        spec = model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
+    else:
+        spec = classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
     spec.build()  # an unknown model name fails here, before anything is written
     if spec.dp_compatible:
-        raw = build_model(spec.name, spec.in_channels, spec.num_classes, spec.image_size, spec.dropout)
+        raw = replace(spec, dp_compatible=False).build()
         for layer, count in incompatible_layers(raw).items():
             console.print(f"privacy: Opacus' ModuleValidator replaced {count} {layer} layer(s) "
                           "(BatchNorm becomes GroupNorm) in every party's model", soft_wrap=True)
@@ -95,7 +102,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         raise RunDirError(f"--resume: the config differs from {out / CONFIG}; resume with that file")
     outputs.write_config(to_yaml(cfg))
     # multi-label rows are counted by their first positive label, plus one "none" class
-    strata_classes = data.labels.num_classes + int(data.pool.multilabel)
+    strata_classes = 1 if data.labels is None else data.labels.num_classes + int(data.pool.multilabel)
     title = f"{cfg.name}: {cfg.partition.scheme} over {len(sites)} sites"
     table = write_partition_report(sites, strata_classes, out, title, scanners)
     if cfg.logging.progress:
@@ -122,7 +129,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     if cfg.privacy.mechanism != "none":
         plot_privacy(outputs.rounds(), out / "epsilon.png")
     audit = None
-    if weights is not None:
+    if weights is not None and cfg.task == "classification":
         model = spec.build()
         model.load_state_dict(weights)
         device = resolve_device(cfg.train.device)
@@ -130,6 +137,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
                                   train_reference=_reference_trainer(cfg, spec, device), test=data.test)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
+        save_examples(cfg, spec, weights, data.test, out)
     outputs.plot()
     summary = {
         "name": cfg.name,
@@ -168,7 +176,7 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
         strategy=build_strategy(cfg, num_sites),
         rounds=cfg.train.rounds,
         site_config=lambda rnd: round_config(cfg, spec, rnd),
-        evaluate=evaluator(spec, data.test, cfg.train.device),
+        evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
         initial_weights=lambda: initial_weights(cfg, spec),
         outputs=outputs,
         privacy=PrivacyLedger(cfg),

@@ -39,9 +39,11 @@ class SiteShard:
     val: LabelledImages
 
 
-def strata(data: LabelledImages) -> np.ndarray:
+def strata(data) -> np.ndarray:
     """One class per image to partition by; multi-label rows use their first positive label
-    (rows with none form one more class)."""
+    (rows with none form one more class). Segmentation images form one class."""
+    if not isinstance(data, LabelledImages):
+        return np.zeros(len(data), dtype=np.int64)
     if not data.multilabel:
         return data.labels
     first = data.labels.argmax(axis=1)
@@ -84,10 +86,11 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
             f"partition.num_sites is {p.num_sites} but the dataset has only {len(pool)} images"
         )
     columns = {"row": np.arange(len(pool)), "label": strata(pool)}
-    if pool.sites is not None:
-        columns["site"] = pool.sites
+    natural_sites = getattr(pool, "sites", None)
+    if natural_sites is not None:
+        columns["site"] = natural_sites
     table = Dataset.from_dict(columns)
-    partitioner = _partitioner(cfg, pool.sites is not None)
+    partitioner = _partitioner(cfg, natural_sites is not None)
     partitioner.dataset = table
     try:
         with warnings.catch_warnings():
@@ -105,15 +108,26 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
 
     natural_names = getattr(partitioner, "partition_id_to_natural_id", None)
     rng = np.random.default_rng(cfg.seed)
-    sites = []
-    for i, rows in enumerate(shards):
-        name = str(natural_names[i]) if natural_names else f"site-{i:03d}"
-        if len(rows) < 3:
-            raise DataError(
-                f"{name} gets only {len(rows)} image(s) with partition.scheme={p.scheme}; "
-                f"each site needs at least 3 (2 to train, 1 to validate): use fewer sites"
-            )
-        rows = rng.permutation(rows)
-        n_val = min(max(1, int(round(len(rows) * cfg.data.val_fraction))), len(rows) - 2)
-        sites.append(SiteShard(name, pool.subset(np.sort(rows[n_val:])), pool.subset(np.sort(rows[:n_val]))))
-    return sites
+    names = [str(natural_names[i]) if natural_names else f"site-{i:03d}" for i in range(len(shards))]
+    return [split_site(name, pool, rows, cfg.data.val_fraction, rng, f"partition.scheme={p.scheme}")
+            for name, rows in zip(names, shards)]
+
+
+def split_site(name: str, data, rows: np.ndarray, val_fraction: float, rng: np.random.Generator,
+               why: str) -> SiteShard:
+    """A site's ``rows`` of ``data`` split into local train and validation."""
+    if len(rows) < 3:
+        raise DataError(
+            f"{name} gets only {len(rows)} image(s) with {why}; "
+            f"each site needs at least 3 (2 to train, 1 to validate)"
+        )
+    rows = rng.permutation(rows)
+    n_val = min(max(1, int(round(len(rows) * val_fraction))), len(rows) - 2)
+    return SiteShard(name, data.subset(np.sort(rows[n_val:])), data.subset(np.sort(rows[:n_val])))
+
+
+def natural_sites(folders: list[tuple[str, object]], cfg: DictConfig) -> list[SiteShard]:
+    """One site per hospital's own data (``(name, images)`` pairs), each split into train and validation."""
+    rng = np.random.default_rng(cfg.seed)
+    return [split_site(name, data, np.arange(len(data)), cfg.data.val_fraction, rng, "its own folder")
+            for name, data in folders]

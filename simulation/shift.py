@@ -15,6 +15,7 @@ import torch
 from monai.transforms import AdjustContrast, GaussianSmooth, Resize
 
 from medfed.client.datasets import LabelledImages
+from medfed.client.segmentation_data import SegmentationImages
 
 
 @dataclass(frozen=True)
@@ -36,25 +37,36 @@ class Scanner:
     def describe(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in asdict(self).items()}
 
+    def _acquire(self, image: torch.Tensor) -> torch.Tensor:
+        """``(C, *spatial)`` in [0, 1] as this scanner would have imaged it (before noise)."""
+        image = AdjustContrast(self.gamma)(image)
+        full = tuple(image.shape[1:])
+        low = tuple(max(4, int(round(d * self.resolution))) for d in full)
+        if low != full:
+            image = Resize(full, mode="bilinear" if len(full) == 2 else "trilinear")(
+                Resize(low, mode="area")(image))
+        if self.blur_sigma > 0.05:
+            image = GaussianSmooth(self.blur_sigma)(image)
+        return torch.as_tensor(image)
+
     def apply(self, data: LabelledImages, rng: np.random.Generator) -> LabelledImages:
-        n, h, w, c = data.images.shape
         x = torch.from_numpy(data.images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        contrast = AdjustContrast(self.gamma)
-        blur = GaussianSmooth(self.blur_sigma) if self.blur_sigma > 0.05 else None
-        low = max(4, int(round(h * self.resolution))), max(4, int(round(w * self.resolution)))
-        down = Resize(low, mode="area") if low != (h, w) else None
-        up = Resize((h, w), mode="bilinear") if down else None
-        out = np.empty((n, c, h, w), dtype=np.float32)
-        for i in range(n):
-            image = contrast(x[i])
-            if down is not None:
-                image = up(down(image))
-            if blur is not None:
-                image = blur(image)
-            out[i] = np.asarray(image)
+        out = np.stack([self._acquire(image).numpy() for image in x])
         out += rng.normal(0.0, self.noise_std, size=out.shape).astype(np.float32)
         images = (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
         return LabelledImages(images, data.labels, data.sites)
+
+    def apply_segmentation(self, data: SegmentationImages, rng: np.random.Generator) -> SegmentationImages:
+        """The same scanner on whole images of any size; intensities keep their range
+        (masks and fields of view are untouched: the anatomy does not change)."""
+        images = []
+        for image in data.images:
+            scale = max(float(image.max()), 1.0)
+            x = torch.from_numpy(np.moveaxis(image, -1, 0) / scale)
+            out = self._acquire(x).numpy()
+            out = out + rng.normal(0.0, self.noise_std, size=out.shape)
+            images.append(np.moveaxis(np.clip(out, 0.0, 1.0) * scale, 0, -1).astype(np.float32))
+        return SegmentationImages(images, data.masks, data.fov, data.names)
 
 
 def site_scanners(num_sites: int, strength: float, seed: int) -> list[Scanner | None]:

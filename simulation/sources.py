@@ -9,6 +9,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from medfed.client.datasets import LabelledImages, LabelSpace, read_image_folder, read_npz_split
+from medfed.client.segmentation_data import SegmentationImages
+from medfed.client.segmentation_sources import read_source
 from medfed.errors import ConfigError, DataError
 from medfed.simulation.medmnist import data_dir, medmnist_path
 
@@ -17,17 +19,28 @@ HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 
 @dataclass
 class ExperimentData:
-    pool: LabelledImages  # split among the sites
-    test: LabelledImages  # only ever used to evaluate the global model
-    labels: LabelSpace
+    pool: LabelledImages | SegmentationImages  # split among the sites
+    test: LabelledImages | SegmentationImages  # only ever used to evaluate the global model
+    labels: LabelSpace | None  # classification and GAN
     source: str  # the file or folder it came from, for reports
+    natural: list[tuple[str, SegmentationImages]] | None = None  # one hospital's folder per site
 
     @property
     def image_size(self) -> int:
+        if isinstance(self.pool, SegmentationImages):
+            return 0  # sizes differ per image; networks see patches
         return int(self.pool.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        if self.labels is not None:
+            return self.labels.num_classes
+        return max(self.pool.num_classes, self.test.num_classes)
 
 
 def load_experiment_data(cfg: DictConfig) -> ExperimentData:
+    if cfg.task == "segmentation":
+        return _segmentation(cfg)
     d = cfg.data
     if d.dataset == "folder":
         pool, test, source = _folder(cfg)
@@ -59,3 +72,24 @@ def _folder(cfg: DictConfig) -> tuple[LabelledImages, LabelledImages, str]:
     order = rng.permutation(len(pool))
     cut = max(1, int(round(len(pool) * HELD_OUT_TEST_FRACTION)))
     return pool.subset(np.sort(order[cut:])), pool.subset(np.sort(order[:cut])), str(Path(csv))
+
+
+def _segmentation(cfg: DictConfig) -> ExperimentData:
+    """The pool from ``data.segmentation.train`` (or every site's own folder) and the test
+    set from ``data.segmentation.test``; channels and dimensions must agree everywhere."""
+    seg, root = cfg.data.segmentation, data_dir(cfg.data.root)
+    test = read_source(seg.test, root)
+    natural = None
+    if seg.sites:
+        natural = [(s.name or f"site-{i:03d}", read_source(s, root)) for i, s in enumerate(seg.sites)]
+        pool, source = SegmentationImages.concat([d for _, d in natural]), ", ".join(s.path for s in seg.sites)
+    else:
+        pool, source = read_source(seg.train, root), seg.train.path
+    for name, part in [("data.segmentation.test", test)] + (natural or []):
+        if (part.channels, part.spatial_dims) != (pool.channels, pool.spatial_dims):
+            raise DataError(f"{name}: {part.channels}-channel {part.spatial_dims}D images, but the training "
+                            f"data are {pool.channels}-channel {pool.spatial_dims}D")
+    if pool.spatial_dims != cfg.model.spatial_dims:
+        raise ConfigError(f"model.spatial_dims is {cfg.model.spatial_dims} but the images are "
+                          f"{pool.spatial_dims}D ({source})")
+    return ExperimentData(pool, test, None, str(root / source) if not seg.sites else source, natural)

@@ -1,0 +1,58 @@
+"""A site's local work for each task: train (with or without DP-SGD) and validate.
+
+The ClientApp, the baselines and the server's evaluation all go through these two
+functions, so a task trains and scores the same way in every mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medfed.client import training
+from medfed.client.privacy import DPSettings, SiteAccountant, train_private
+from medfed.models import classification
+
+CLASSIFICATION, SEGMENTATION, GAN = "classification", "segmentation", "gan"
+
+
+def local_train(model: nn.Module, data, s: training.TrainSettings, device: torch.device,
+                dp: DPSettings | None = None, accountant: SiteAccountant | None = None) -> dict:
+    """One round of local training in place; under DP also the privacy spent."""
+    if s.task == SEGMENTATION:
+        from medfed.client import segmentation_training as seg
+
+        if dp is None:
+            return seg.train_segmentation(model, data, s, device)
+        return seg.train_segmentation_private(model, data, s, dp, accountant, device)
+    if s.task == GAN:
+        from medfed.client.gan_training import train_gan
+
+        return train_gan(model, data, s, device, dp, accountant)
+    if dp is None:
+        return training.train(model, data, s, device)
+    return train_private(model, data, s, dp, accountant, device)
+
+
+def local_evaluate(model: nn.Module, data, s: training.TrainSettings, device: torch.device) -> dict:
+    """The model's metrics on a site's validation data (none for the GAN, whose quality
+    is measured on the server's test set)."""
+    if s.task == SEGMENTATION:
+        from medfed.client.segmentation_training import evaluate_segmentation
+
+        return evaluate_segmentation(model, data, inference_window(s.patch_size), device)
+    if s.task == GAN:
+        return {}
+    return training.evaluate(model, data, s.kind, device)
+
+
+def inference_window(patch: int) -> int:
+    """Sliding-window size at inference: twice the training patch, for more context per
+    window at the same cost (the network is fully convolutional)."""
+    return 2 * patch
+
+
+def predict_scores(model: nn.Module, data, s: training.TrainSettings, device: torch.device):
+    """Binary classification: validation score histograms for the server's operating point."""
+    probs = training.predict(model, data.images, s.kind, device)
+    return classification.score_histogram(data.labels, probs)

@@ -1,0 +1,111 @@
+"""What a segmentation network needs: the U-Nets, their loss and their metrics.
+
+Networks are MONAI's UNet and BasicUNet in 2D or 3D with instance or group
+normalisation, which Opacus trains privately as they are (no BatchNorm). The loss is
+MONAI's Dice + cross-entropy. Metrics come from MONAI (Dice, IoU, 95th-percentile
+Hausdorff distance) and scikit-learn (pixel AUC); every metric is computed inside the
+field-of-view mask when the image has one, as the DRIVE protocol and its published
+results do.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import compute_hausdorff_distance, compute_iou, compute_dice
+from monai.networks.nets import BasicUNet, UNet
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+SEGMENTATION = "segmentation"
+AUC_PIXELS = 2_000_000  # pixels scored for the AUC: a fixed random sample beyond this
+
+
+def build_unet(name: str, spatial_dims: int, in_channels: int, num_classes: int,
+               norm: str = "instance", dropout: float = 0.0) -> nn.Module:
+    """``unet``: MONAI UNet with residual units (16-128 channels, about 0.2 M parameters
+    in 2D); ``basicunet``: MONAI BasicUNet (16-128 features). Input ``(B, C, *spatial)``
+    with every spatial size a multiple of 8 (unet) or 16 (basicunet); output
+    ``(B, num_classes, *spatial)`` logits."""
+    if norm == "instance":
+        layer = ("instance", {"affine": True})
+    else:  # UNet's top block normalises num_classes channels too: the groups must divide them
+        layer = ("group", {"num_groups": math.gcd(8, num_classes) if name == "unet" else 8})
+    if name == "unet":
+        return UNet(spatial_dims, in_channels, num_classes, channels=(16, 32, 64, 128),
+                    strides=(2, 2, 2), num_res_units=1, norm=layer, dropout=dropout)
+    return BasicUNet(spatial_dims, in_channels, num_classes, features=(16, 16, 32, 64, 128, 16),
+                     norm=layer, dropout=dropout)
+
+
+def loss_function() -> nn.Module:
+    """Dice + cross-entropy on logits against an integer label map ``(B, 1, *spatial)``.
+
+    Both terms are means over the batch of per-image values, so the loss of a batch is
+    the mean of its examples' losses, as Opacus' per-sample clipping assumes."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
+
+
+def normalise(image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+    """``(*spatial, C)`` raw intensities to channels-first, zero mean and unit variance per
+    channel inside the field of view (zero outside): cameras and scanners differ in
+    brightness and gain, and this removes most of that before the network sees it."""
+    x = np.moveaxis(image.astype(np.float32), -1, 0)
+    inside = np.ones(x.shape[1:], bool) if fov is None else fov
+    values = x[:, inside]
+    x = (x - values.mean(axis=1).reshape(-1, *[1] * inside.ndim)) / (
+        values.std(axis=1).reshape(-1, *[1] * inside.ndim) + 1e-6)
+    return np.where(inside, x, 0.0).astype(np.float32)
+
+
+def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None) -> dict[str, float]:
+    """Dice, IoU, HD95 (pixels) and pixel AUC of one image.
+
+    ``truth``: label map ``(*spatial)``; ``probs``: class probabilities ``(K, *spatial)``.
+    Outside the field of view both truth and prediction count as background. With more
+    than two classes each metric is the mean over the foreground classes."""
+    inside = np.ones(truth.shape, bool) if fov is None else fov
+    k = probs.shape[0]
+    pred = np.where(inside, probs.argmax(axis=0), 0)
+    true = np.where(inside, truth, 0)
+    y_pred = torch.from_numpy(np.eye(k, dtype=np.float32)[pred]).movedim(-1, 0)[None]
+    y_true = torch.from_numpy(np.eye(k, dtype=np.float32)[true]).movedim(-1, 0)[None]
+    dice = compute_dice(y_pred, y_true, include_background=False, ignore_empty=False)
+    iou = compute_iou(y_pred, y_true, include_background=False, ignore_empty=False)
+    with warnings.catch_warnings():  # MONAI's own call of one of its deprecated arguments
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = compute_hausdorff_distance(y_pred, y_true, include_background=False, percentile=95)
+    return {
+        "dice": float(dice.nanmean()),
+        "iou": float(iou.nanmean()),
+        "hd95": float(hd95.nanmean()) if torch.isfinite(hd95).any() else float("nan"),
+        "auc": pixel_auc(true[inside], probs[:, inside]),
+    }
+
+
+def pixel_auc(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> float:
+    """AUC of the pixels' foreground scores (one-vs-rest macro over foreground classes);
+    NaN when a class is absent. ``truth`` (P,), ``probs`` (K, P)."""
+    if truth.size > AUC_PIXELS:  # same sample for every model: comparisons stay fair
+        pick = np.random.default_rng(seed).choice(truth.size, AUC_PIXELS, replace=False)
+        truth, probs = truth[pick], probs[:, pick]
+    scores = []
+    for c in range(1, probs.shape[0]):
+        positive = truth == c
+        if positive.all() or not positive.any():
+            continue
+        scores.append(roc_auc_score(positive, probs[c]))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def summarise(per_image: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over images (NaN-aware), and the number of images."""
+    keys = per_image[0].keys() if per_image else ()
+    out = {k: float(np.nanmean([m[k] for m in per_image])) if any(np.isfinite(m[k]) for m in per_image)
+           else float("nan") for k in keys}
+    out["images"] = len(per_image)
+    return out

@@ -1,0 +1,54 @@
+"""The network every party builds, described by a few values the server sends each round.
+
+The server derives a `ModelSpec` from the config and the data; sites rebuild the same
+network from the round's config record, so a deployed site needs no copy of the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from medfed.models.registry import build_model
+
+CONFIG_PREFIX = "model-"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int  # classifier/GAN input size; segmentation: the training patch size
+    dropout: float
+    label_kind: str  # binary, multiclass, multilabel, segmentation or gan
+    # under DP, layers Opacus rejects are replaced: DP-SGD needs it, and client-level noise
+    # on BatchNorm's running variance could make it negative
+    dp_compatible: bool = False
+    task: str = "classification"
+    spatial_dims: int = 2  # segmentation: 2D or 3D networks
+    norm: str = "instance"  # segmentation: instance or group normalisation
+    latent_dim: int = 64  # gan: noise size
+
+    def build(self) -> torch.nn.Module:
+        model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout,
+                            task=self.task, spatial_dims=self.spatial_dims, norm=self.norm,
+                            latent_dim=self.latent_dim)
+        if self.dp_compatible:
+            from medfed.client.privacy import make_private_model
+
+            return make_private_model(model)
+        return model
+
+    def to_config(self) -> dict:
+        """The spec as flat config-record entries (``model-name``, ``model-in_channels``...)."""
+        return {CONFIG_PREFIX + k: v for k, v in asdict(self).items()}
+
+    @staticmethod
+    def from_config(config) -> ModelSpec:
+        values = {}
+        for f in fields(ModelSpec):
+            raw = config[CONFIG_PREFIX + f.name]
+            values[f.name] = {"int": int, "float": float, "bool": bool}.get(f.type, str)(raw)
+        return ModelSpec(**values)

@@ -1,0 +1,157 @@
+"""Segmentation as a federated task: metrics, training, DP-SGD and whole runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from PIL import Image
+
+from conftest import REPO
+from medfed.client.privacy import DPSettings, SiteAccountant
+from medfed.client.segmentation_data import SegmentationImages
+from medfed.client.segmentation_training import evaluate_segmentation, train_segmentation, train_segmentation_private
+from medfed.client.training import TrainSettings
+from medfed.models import segmentation
+
+CONFIG = REPO / "configs" / "drive-unet-fedavg.yaml"
+
+
+def disks(n: int, size: int = 32, seed: int = 0, fov: bool = True) -> SegmentationImages:
+    """Grey images with one bright disk each (the foreground) on a noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks, fovs = [], [], []
+    for _ in range(n):
+        cy, cx, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(4, 7))]
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        images.append((40 + 150 * mask + rng.normal(0, 20, mask.shape))[..., None])
+        masks.append(mask)
+        fovs.append(np.ones_like(mask, bool) if fov else None)
+    return SegmentationImages(images, masks, fovs, [f"im{i}" for i in range(n)])
+
+
+def settings(**overrides) -> TrainSettings:
+    base = dict(kind="segmentation", num_classes=2, steps=40, batch_size=8, lr=5e-3, seed=3,
+                task="segmentation", patch_size=16)
+    return TrainSettings(**{**base, **overrides})
+
+
+def test_perfect_prediction_scores_perfectly():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:12, 6:14] = 1
+    probs = np.stack([1.0 - truth, truth]).astype(np.float32)
+    m = segmentation.metrics(truth, probs, None)
+    assert m["dice"] == pytest.approx(1.0) and m["iou"] == pytest.approx(1.0)
+    assert m["hd95"] == pytest.approx(0.0) and m["auc"] == pytest.approx(1.0)
+
+
+def test_metrics_ignore_everything_outside_the_field_of_view():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:12, 6:14] = 1
+    probs = np.stack([1.0 - truth, truth]).astype(np.float32)
+    probs[:, :, 16:] = [[[0.0]], [[1.0]]]  # false alarms in columns 16+
+    fov = np.ones_like(truth, bool)
+    fov[:, 16:] = False
+    assert segmentation.metrics(truth, probs, fov)["dice"] == pytest.approx(1.0)
+    assert segmentation.metrics(truth, probs, None)["dice"] < 0.7
+
+
+def test_dice_matches_its_definition():
+    rng = np.random.default_rng(1)
+    truth = (rng.random((24, 24)) < 0.3).astype(np.uint8)
+    pred = (rng.random((24, 24)) < 0.3).astype(np.int64)
+    probs = np.stack([1.0 - pred, pred]).astype(np.float32)
+    expected = 2 * (truth & pred).sum() / (truth.sum() + pred.sum())
+    assert segmentation.metrics(truth, probs, None)["dice"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet", "basicunet"])
+def test_unets_have_no_layer_opacus_rejects(name):
+    from opacus.validators import ModuleValidator
+
+    model = segmentation.build_unet(name, 2, 1, 2, "group")
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)
+
+
+def test_training_learns_the_foreground():
+    data, test = disks(12), disks(4, seed=9)
+    torch.manual_seed(0)
+    model = segmentation.build_unet("unet", 2, 1, 2)
+    before = evaluate_segmentation(model, test, 32, torch.device("cpu"))["dice"]
+    result = train_segmentation(model, data, settings(), torch.device("cpu"))
+    after = evaluate_segmentation(model, test, 32, torch.device("cpu"))
+    assert result["steps"] == 40 and result["num-examples"] == 12
+    assert after["dice"] > 0.7 > before
+    assert after["images"] == 4
+
+
+def test_private_training_reports_the_accountants_epsilon(tmp_path):
+    data = disks(16)
+    dp = DPSettings(noise_multiplier=1.1, target_epsilon=None, planned_rounds=1, delta=1e-3,
+                    max_grad_norm=1.0, max_epsilon=None)
+    torch.manual_seed(0)
+    model = segmentation.build_unet("unet", 2, 1, 2, "group")
+    result = train_segmentation_private(model, data, settings(steps=6), dp, SiteAccountant(tmp_path, "rdp"),
+                                        torch.device("cpu"))
+    independent = RDPAccountant()
+    independent.history = [(1.1, result["sample-rate"], 6)]
+    assert result["sample-rate"] == pytest.approx(0.5)  # one over the batches of an epoch: 16 / 8
+    assert result["epsilon"] == pytest.approx(independent.get_epsilon(1e-3), rel=0.01)
+
+
+def _write_site(folder: Path, data: SegmentationImages) -> None:
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for image, mask, name in zip(data.images, data.masks, data.names):
+        Image.fromarray(np.clip(image[..., 0], 0, 255).astype(np.uint8)).save(folder / "images" / f"{name}.png")
+        Image.fromarray(mask * 255).save(folder / "labels" / f"{name}.png")
+
+
+@pytest.fixture
+def hospitals(tmp_path) -> Path:
+    """Two hospitals' folders and a test folder of PNG images with masks (no field of view)."""
+    root = tmp_path / "data"
+    for i, name in enumerate(("north", "south", "test")):
+        _write_site(root / name, disks(6, size=48, seed=i))
+    return root
+
+
+def _source(path: str) -> str:
+    return f"{{format: masks, path: {path}, images: images, masks: labels, fov: null}}"
+
+
+FAST_SEGMENTATION = ["train.rounds=2", "train.local_steps=3", "train.batch_size=4",
+                     "data.segmentation.patch_size=16", "logging.progress=false", "data.segmentation.overlays=2",
+                     f"data.segmentation.test={_source('test')}"]
+
+
+def test_natural_multi_site_run_end_to_end(cli, hospitals, tmp_path):
+    sites = f"data.segmentation.sites=[{_source('north')}, {_source('south')}]"
+    out = tmp_path / "run"
+    code = cli("simulate", CONFIG, *FAST_SEGMENTATION, "partition.scheme=natural", "shift.strength=0.5",
+               sites, "simulation.cpus_per_site=1", "--output", out, data_dir=hospitals)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "segmentation" and summary["sites"] == 2
+    assert set(summary["test"]) >= {"dice", "iou", "hd95", "auc"}
+    assert 0.0 <= summary["test"]["dice"] <= 1.0
+    assert set(summary["per_site"]) == {"site-000", "site-001"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["im0.png", "im1.png"]
+    assert (out / "learning_curves.png").is_file()
+
+
+def test_pooled_baseline_and_evaluation_every_k_rounds(cli, hospitals, tmp_path):
+    sites = f"data.segmentation.train={_source('north')}"
+    out = tmp_path / "run"
+    code = cli("simulate", CONFIG, *FAST_SEGMENTATION, "mode=pooled", "partition.num_sites=2", sites,
+               "train.rounds=3", "evaluation.every=2", "--output", out, data_dir=hospitals)
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [bool(r["test"]) for r in rows] == [False, True, True]  # round 2, and the last round
+    assert json.loads((out / "summary.json").read_text())["test"]["images"] == 6
