@@ -78,13 +78,13 @@ def _segmentation(cfg: DictConfig) -> ExperimentData:
     """The pool from ``data.segmentation.train`` (or every site's own folder) and the test
     set from ``data.segmentation.test``; channels and dimensions must agree everywhere."""
     seg, root = cfg.data.segmentation, data_dir(cfg.data.root)
-    test = read_source(seg.test, root)
     natural = None
     if seg.sites:
         natural = [(s.name or f"site-{i:03d}", read_source(s, root)) for i, s in enumerate(seg.sites)]
         pool, source = SegmentationImages.concat([d for _, d in natural]), ", ".join(s.path for s in seg.sites)
     else:
         pool, source = read_source(seg.train, root), seg.train.path
+    test = read_source(seg.test, root)
     for name, part in [("data.segmentation.test", test)] + (natural or []):
         if (part.channels, part.spatial_dims) != (pool.channels, pool.spatial_dims):
             raise DataError(f"{name}: {part.channels}-channel {part.spatial_dims}D images, but the training "
