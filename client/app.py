@@ -103,7 +103,9 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     dp = dp_settings_from(config, site)
     accountant = SiteAccountant(site.state_dir, dp.accountant) if dp is not None else None
     result = local_train(model, site.train, settings, device, dp, accountant)
-    val = local_evaluate(model, site.val, settings, device)
+    # the local model on validation data; segmentation leaves it to the evaluate round, where
+    # the global model is scored: whole-image inference costs as much as a round of training
+    val = local_evaluate(model, site.val, settings, device) if settings.task == CLASSIFICATION else {}
 
     if bool(config.get(FEDBN_FLAG, False)):
         _save_local_norm(site, model)

@@ -30,9 +30,11 @@ def evaluator(cfg: DictConfig, spec: ModelSpec, test, train_pool=None, out: Path
     score = _scorer(cfg, spec, test, train_pool, out, device)
 
     def evaluate(weights, threshold=0.5, rnd=0):
+        model.load_state_dict(weights)
+        if spec.task == GAN:
+            score.judge.grid(model, rnd)  # a sample grid every round: cheap, and what people look at
         if rnd % cfg.evaluation.every and rnd != cfg.train.rounds:
             return {}
-        model.load_state_dict(weights)
         return score(model, threshold, rnd)
 
     return evaluate
@@ -49,7 +51,12 @@ def _scorer(cfg, spec: ModelSpec, test, train_pool, out, device):
         from medfed.server.synthesis import SynthesisJudge
 
         judge = SynthesisJudge(cfg, spec, train_pool, test, device, out)
-        return lambda model, threshold, rnd: judge(model, rnd)
+
+        def synthesis(model, threshold, rnd):
+            return judge(model, rnd)
+
+        synthesis.judge = judge
+        return synthesis
 
     def classify(model, threshold, rnd):
         metrics = training.evaluate(model, test, spec.label_kind, device, threshold)

@@ -22,11 +22,15 @@ def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int
     """The network of the experiment. For segmentation, ``num_classes`` counts the mask's
     labels with background and the network's input is the training patch."""
     segmentation = cfg.task == "segmentation"
+    # DP-GAN: the discriminator is DP-compatible as built, and under sample-level DP the
+    # generator never sees a real image, so its BatchNorm stays
+    dp_compatible = cfg.privacy.mechanism == "client" or (
+        cfg.privacy.mechanism == "sample" and cfg.task != "gan")
     return ModelSpec(
         name=cfg.model.name, in_channels=channels, num_classes=num_classes,
         image_size=cfg.data.segmentation.patch_size if segmentation else image_size,
         dropout=cfg.model.dropout, label_kind=label_kind,
-        dp_compatible=cfg.privacy.mechanism != "none", task=cfg.task,
+        dp_compatible=dp_compatible, task=cfg.task,
         spatial_dims=cfg.model.spatial_dims if segmentation else 2, norm=cfg.model.norm,
         latent_dim=cfg.gan.latent_dim,
     )
