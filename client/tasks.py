@@ -11,7 +11,6 @@ from torch import nn
 
 from medfed.client import training
 from medfed.client.privacy import DPSettings, SiteAccountant, train_private
-from medfed.models import classification
 
 CLASSIFICATION, SEGMENTATION, GAN = "classification", "segmentation", "gan"
 
@@ -51,8 +50,3 @@ def inference_window(patch: int) -> int:
     window at the same cost (the network is fully convolutional)."""
     return 2 * patch
 
-
-def predict_scores(model: nn.Module, data, s: training.TrainSettings, device: torch.device):
-    """Binary classification: validation score histograms for the server's operating point."""
-    probs = training.predict(model, data.images, s.kind, device)
-    return classification.score_histogram(data.labels, probs)

@@ -40,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epsilons", default="none,8,4,2,1", help="targets, 'none' for no DP (default: %(default)s)")
     sweep.add_argument("--output", "-o", type=Path, help="sweep folder (default: runs/NAME-sweep)")
     sweep.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
+    certs = commands.add_parser(
+        "certs", help="create the federation's CA, the coordinator's TLS files and each site's key pair",
+    )
+    certs.add_argument("--out", type=Path, required=True, help="folder for the files (none may exist yet)")
+    certs.add_argument("--coordinator-host", required=True, help="DNS name the sites use to reach the coordinator")
+    certs.add_argument("--coordinator-ip", nargs="+", action="extend", default=[], metavar="IP",
+                       help="IP addresses of the coordinator (127.0.0.1 and localhost are always included)")
+    certs.add_argument("--sites", required=True, help="site names, comma-separated (e.g. north,south,east)")
+    certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default: %(default)s)")
+    site = commands.add_parser("site", help="a hospital's own commands, driven by its SITE.yaml")
+    site_commands = site.add_subparsers(dest="site_command", required=True)
+    check = site_commands.add_parser("check", help="check the site's data and settings without training")
+    check.add_argument("config", type=Path, help="the site's SITE.yaml")
+    check.add_argument("--output", "-o", type=Path, help="JSON report (default: STATE_DIR/site-check.json)")
     return parser
 
 
@@ -69,11 +83,34 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _certs(args: argparse.Namespace, console: Console) -> int:
+    from medfed.server.credentials import create_credentials, parse_sites, print_placements
+
+    placements = create_credentials(args.out, args.coordinator_host, args.coordinator_ip,
+                                    parse_sites(args.sites), args.days)
+    print_placements(placements, console)
+    console.print(f"[bold green]created[/] {len(placements)} files in {args.out}; private keys have mode 0600")
+    return 0
+
+
+def _site_check(args: argparse.Namespace, console: Console) -> int:
+    from medfed.client.site_check import REPORT_FILE, check_site, print_report, save_report
+    from medfed.client.site_config import load_site_config
+
+    cfg = load_site_config(args.config)
+    report = check_site(cfg)
+    print_report(report, console)
+    path = save_report(report, args.output or Path(cfg.state_dir) / REPORT_FILE)
+    verdict = "[bold green]ready[/]" if report["ok"] else "[bold red]not ready[/]"
+    console.print(f"{verdict}: report saved to {path}", highlight=False)
+    return 0 if report["ok"] else EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -81,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             return _simulate(args, console)
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "certs":
+            return _certs(args, console)
+        if args.command == "site" and args.site_command == "check":
+            return _site_check(args, console)
     except MedfedError as exc:
         console.print(f"[bold red]medfed:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT

@@ -1,0 +1,339 @@
+"""A site's data checked before it joins a federation: nothing trains, nothing leaves the site.
+
+Each file is read on its own with the training readers' helpers, so a bad file is listed
+with its reason while the others are still checked. When every file reads, the data are
+loaded once more exactly as the ClientApp will (pairing, label maps, validation split)
+and a problem there is reported too. DICOM headers are searched for identifying fields;
+the report names the fields, never their values, so it can be shared with the coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+from omegaconf import DictConfig
+
+from medfed.client.datasets import IMAGE_SUFFIXES, _parse_labels, _read_image, read_npz_split
+from medfed.client.phi import phi_tags
+from medfed.client.segmentation_data import (
+    _DICOM_ERRORS, LABEL_SUFFIXES, MAX_LABELS, NIFTI_SUFFIXES, _grey, _list_files, _pair, _read_mask_volume,
+    _read_picture, _same_size, _volume,
+)
+from medfed.client.site_config import read_site_data
+from medfed.errors import DataError
+
+REPORT_FILE = "site-check.json"
+
+
+class _Scan:
+    """What the per-file pass has seen so far."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.sizes: Counter = Counter()
+        self.spacing: Counter = Counter()
+        self.labels: Counter = Counter()
+        self.mask_pixels: Counter = Counter()
+        self.unreadable: list[dict] = []
+        self.phi: Counter = Counter()
+        self.phi_files = 0
+        self.dicom_files = 0
+
+    def bad(self, path: Path, reason) -> None:
+        text = str(reason)
+        text = text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text
+        if {"file": str(path), "reason": text} not in self.unreadable:
+            self.unreadable.append({"file": str(path), "reason": text})
+
+    def size(self, shape, count: int = 1) -> None:
+        self.sizes[tuple(int(s) for s in shape)] += count
+
+    def mask(self, mask: np.ndarray, path: Path) -> bool:
+        values, counts = np.unique(mask, return_counts=True)
+        whole = np.array_equal(values, np.round(values)) and (values >= 0).all()
+        if len(values) > MAX_LABELS or not whole:
+            self.bad(path, f"neither a binary mask nor a label map ({len(values)} distinct values)")
+            return False
+        self.mask_pixels.update({int(v): int(c) for v, c in zip(values, counts)})
+        return True
+
+
+def _scan_npz(d: DictConfig, scan: _Scan) -> None:
+    path = Path(d.path)
+    scan.files = 1
+    for split in ("train", "val"):
+        try:
+            data = read_npz_split(path, split)
+        except DataError as exc:
+            scan.bad(path, exc)
+            continue
+        scan.size(data.images.shape[1:3], len(data))
+        _count_labels(scan, data.labels)
+
+
+def _count_labels(scan: _Scan, labels: np.ndarray) -> None:
+    if labels.ndim == 2:  # multi-label: positives of each label
+        scan.labels.update({int(j): int(n) for j, n in enumerate(labels.sum(axis=0))})
+    else:
+        scan.labels.update(int(v) for v in labels)
+
+
+def _scan_folder(d: DictConfig, scan: _Scan) -> None:
+    """Images listed in the CSV; the CSV itself must be readable, each image may fail alone."""
+    root, csv = Path(d.path), Path(d.path) / d.labels_csv
+    try:
+        table = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv}: not a readable CSV ({exc})") from exc
+    absent = [c for c in (d.image_column, d.label_column) if c not in table.columns]
+    if absent:
+        raise DataError(f"{csv}: missing column(s) {', '.join(absent)} "
+                        f"(found: {', '.join(map(str, table.columns))})")
+    labels = _parse_labels(table[d.label_column], csv, d.label_column)
+    readable = []
+    for i, name in enumerate(table[d.image_column]):
+        file = root / str(name)
+        scan.files += 1
+        if not file.is_file():
+            scan.bad(file, f"listed in {csv.name} but not found")
+            continue
+        try:
+            image = _read_image(file)
+        except DataError as exc:
+            scan.bad(file, exc)
+            continue
+        scan.size(image.shape[:2])
+        readable.append(i)
+    _count_labels(scan, labels[readable])
+
+
+def _scan_masks(d: DictConfig, scan: _Scan) -> None:
+    """2D images with a mask each (and a field of view): DRIVE or a plain image/mask folder."""
+    root, images, masks, fov = Path(d.path), d.images, d.masks, d.fov
+    if d.format == "drive":
+        root = root / ("training" if d.split == "train" else "test")
+        images, masks, fov = "images", "1st_manual", "mask"
+    for folder, what in ((masks, "mask"), (fov, "field-of-view mask")):
+        if folder and not (root / folder).is_dir():
+            raise DataError(f"{what} folder not found: {root / folder}")
+    for file in _list_files(root / images, IMAGE_SUFFIXES):
+        scan.files += 1
+        try:
+            picture = _read_picture(file, keep_palette=False)
+            mask_file = _pair([file], root / masks, IMAGE_SUFFIXES, "mask")[0]
+            mask = _grey(_read_picture(mask_file, keep_palette=True), mask_file)
+            _same_size(file, picture, mask_file, mask)
+            if fov:
+                fov_file = _pair([file], root / fov, IMAGE_SUFFIXES, "field-of-view mask")[0]
+                _same_size(file, picture, fov_file, _read_picture(fov_file, keep_palette=False))
+        except DataError as exc:
+            scan.bad(file, exc)
+            continue
+        if scan.mask(mask, mask_file):
+            scan.size(picture.shape[:2])
+
+
+def _scan_nifti(d: DictConfig, scan: _Scan) -> None:
+    import nibabel
+
+    root = Path(d.path)
+    if not (root / d.masks).is_dir():
+        raise DataError(f"label map folder not found: {root / d.masks}")
+    for file in _list_files(root / d.images, NIFTI_SUFFIXES):
+        scan.files += 1
+        try:
+            label_file = _pair([file], root / d.masks, NIFTI_SUFFIXES, "label map", LABEL_SUFFIXES)[0]
+            volume, label = _volume(file, label_file, d.slices)
+        except DataError as exc:
+            scan.bad(file, exc)
+            continue
+        if not scan.mask(label, label_file):
+            continue
+        if d.slices == "2d":
+            scan.size(volume.shape[:2], volume.shape[2])
+        else:
+            scan.size(volume.shape[:3])
+        try:
+            zooms = nibabel.load(str(file)).header.get_zooms()[:3]
+            scan.spacing[tuple(round(float(z), 4) for z in zooms)] += 1
+        except (OSError, ValueError):
+            pass  # the volume was read above; only its header's spacing is missing
+
+
+def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
+    """Every file of the series: readable pixels, spacing, identifying header fields; then the mask."""
+    series = Path(d.path) / d.images
+    if not series.is_dir():
+        raise DataError(f"DICOM series folder not found: {series}")
+    files = [f for f in sorted(series.iterdir())
+             if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"]
+    if not files:
+        raise DataError(f"{series}: no DICOM files")
+    for file in files:
+        scan.files += 1
+        try:
+            with _quiet_pydicom():
+                ds = pydicom.dcmread(file)
+        except _DICOM_ERRORS as exc:
+            scan.bad(file, f"not a readable DICOM file ({exc})")
+            continue
+        scan.dicom_files += 1
+        tags = phi_tags(ds)
+        scan.phi.update(tags)
+        scan.phi_files += bool(tags)
+        try:
+            with _quiet_pydicom():
+                pixels = ds.pixel_array
+        except _DICOM_ERRORS as exc:
+            scan.bad(file, f"unreadable pixel data ({exc})")
+            continue
+        if pixels.ndim != 2:
+            scan.bad(file, f"pixel data of shape {pixels.shape}; expected one grey 2D slice")
+            continue
+        scan.size(pixels.shape)
+        spacing = [*(ds.get("PixelSpacing") or []), ds.get("SliceThickness")]
+        if None not in spacing and len(spacing) == 3:
+            scan.spacing[tuple(round(float(s), 4) for s in spacing)] += 1
+    mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
+    try:
+        scan.mask(_read_mask_volume(mask_path), mask_path)
+    except DataError as exc:
+        scan.bad(mask_path, exc)
+
+
+@contextmanager
+def _quiet_pydicom():
+    """pydicom's warnings about a damaged file, kept off the console: its reason is reported."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+SCANNERS = {"npz": _scan_npz, "folder": _scan_folder, "drive": _scan_masks, "masks": _scan_masks,
+            "nifti": _scan_nifti, "dicom": _scan_dicom}
+
+
+def check_site(cfg: DictConfig) -> dict:
+    """The site's data report (plain JSON types). ``report["ok"]`` is false when a file is
+    unreadable or the data cannot be loaded for training; PHI gives warnings only."""
+    d = cfg.data
+    scan = _Scan()
+    SCANNERS[d.format](d, scan)
+    segmentation = d.format not in ("npz", "folder")
+    problems, counts = [], None
+    if not scan.unreadable:
+        try:
+            train, val = read_site_data(cfg)
+            counts = {"train": len(train), "val": len(val)}
+        except DataError as exc:
+            problems.append(str(exc))
+    warnings = []
+    if scan.phi_files:
+        warnings.append(f"identifying DICOM fields in {scan.phi_files} of {scan.dicom_files} files: "
+                        f"{', '.join(scan.phi)} (values not shown); de-identify before joining")
+    return {
+        "site": cfg.name,
+        "format": d.format,
+        "path": d.path,
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": scan.files,
+        "unreadable": scan.unreadable,
+        "counts": counts,
+        "labels": None if segmentation else {str(k): v for k, v in sorted(scan.labels.items())},
+        "mask_classes": _fractions(scan.mask_pixels) if segmentation else None,
+        "sizes": _summary(scan.sizes),
+        "spacing_mm": _summary(scan.spacing) if d.format in ("nifti", "dicom") else None,
+        "phi": {"files": scan.phi_files, "of": scan.dicom_files, "tags": dict(scan.phi)}
+        if d.format == "dicom" else None,
+        "problems": problems,
+        "warnings": warnings,
+        "ok": not scan.unreadable and not problems,
+    }
+
+
+def _fractions(pixels: Counter) -> dict[str, float]:
+    """Share of pixels per class, with one foreground value (0/255 masks) counted as class 1,
+    as training reads them."""
+    foreground = [v for v in pixels if v != 0]
+    if len(foreground) <= 1:
+        pixels = Counter({0: pixels.get(0, 0), 1: sum(pixels[v] for v in foreground)})
+    total = sum(pixels.values()) or 1
+    return {str(k): round(v / total, 6) for k, v in sorted(pixels.items())}
+
+
+def _summary(counter: Counter) -> dict | None:
+    """Smallest, largest (by area or volume) and most common of some shapes or spacings."""
+    if not counter:
+        return None
+
+    def text(key) -> str:
+        return "x".join(f"{k:g}" for k in key)
+
+    by_area = sorted(counter, key=lambda k: (float(np.prod(k)), k))
+    return {"min": text(by_area[0]), "max": text(by_area[-1]),
+            "most_common": text(counter.most_common(1)[0][0]), "distinct": len(counter)}
+
+
+def save_report(report: dict, path: Path) -> Path:
+    """Write the report as JSON beside ``path`` then rename it: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def print_report(report: dict, console) -> None:
+    """The report as rich tables on ``console``: figures, then unreadable files, warnings, problems."""
+    from rich.table import Table
+
+    table = Table(title=f"site {report['site']}: {report['format']} data in {report['path']}", show_header=False)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_row("image files checked", str(report["files"]))
+    table.add_row("unreadable", str(len(report["unreadable"])))
+    if report["counts"]:
+        table.add_row("items", f"{report['counts']['train']} train, {report['counts']['val']} validation")
+    if report["labels"] is not None:
+        table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in report["labels"].items()) or "none")
+    if report["mask_classes"] is not None:
+        table.add_row("mask classes", ", ".join(f"{k}: {v:.2%}" for k, v in report["mask_classes"].items()))
+    for key, name in (("sizes", "image size"), ("spacing_mm", "spacing (mm)")):
+        if report[key]:
+            s = report[key]
+            table.add_row(name, f"min {s['min']}, max {s['max']}, most common {s['most_common']} "
+                                f"({s['distinct']} distinct)")
+    console.print(table)
+    if report["unreadable"]:
+        bad = Table(title="unreadable files")
+        bad.add_column("file")
+        bad.add_column("reason")
+        for row in report["unreadable"]:
+            bad.add_row(row["file"], row["reason"])
+        console.print(bad)
+    for line in report["warnings"]:
+        console.print(f"[bold yellow]WARNING[/] {line}", highlight=False, soft_wrap=True)
+    for line in report["problems"]:
+        console.print(f"[bold red]problem[/] {line}", highlight=False, soft_wrap=True)

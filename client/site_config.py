@@ -1,0 +1,217 @@
+"""A hospital's own settings (SITE.yaml): its data, device, state folder, coordinator, policy.
+
+Read as strictly as an experiment config (`medfed.config`): a typed omegaconf schema, so
+an unknown key or a value of the wrong type stops loading with the setting named, then
+checks that types cannot express (files that must exist, the address, the formats).
+Relative paths are taken from SITE.yaml's own folder, so the site finds the same files
+wherever it is started; the loaded config holds them absolute.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, TASKS, _explain, _valid_device
+from medfed.errors import ConfigError, DataError, MedfedError
+
+DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class SiteDataConfig:
+    """Where the site's images are and how to read them; the fields of the formats' readers."""
+
+    format: str = "npz"  # npz | folder | drive | masks | nifti | dicom
+    path: str = ""  # npz: the file; other formats: the folder
+    labels_csv: str = "labels.csv"  # folder: CSV of labels, relative to path
+    image_column: str = "image"  # folder
+    label_column: str = "label"  # folder
+    split: str = "train"  # drive: train (training/) or test (test/)
+    images: str = "images"  # masks, nifti: image folder; dicom: the series folder
+    masks: str = "1st_manual"  # masks: mask folder; nifti: label folder; dicom: the mask file
+    fov: str | None = "mask"  # masks: field-of-view folder, or null
+    slices: str = "2d"  # nifti, dicom: 2d (axial slices) or 3d (whole volumes)
+    val_fraction: float = 0.1  # folder and segmentation formats: share kept for local validation
+    val_seed: int = 0  # which items go to validation
+
+
+@dataclass
+class CoordinatorConfig:
+    address: str = ""  # host:port of the coordinator's SuperLink (flower-supernode --superlink)
+    ca_cert: str | None = None  # the federation's ca.crt
+    private_key: str | None = None  # this site's SITE.key (OpenSSH format, mode 0600)
+    public_key: str | None = None  # optional: this site's SITE.pub, checked to match the private key
+
+
+@dataclass
+class PolicyConfig:
+    """The limits the site sets on what the federation may ask of it."""
+
+    tasks: list[str] = field(default_factory=lambda: ["classification"])
+    models: list[str] = field(default_factory=list)  # empty: any model of the allowed tasks
+    max_epsilon: float | None = None  # the site's own privacy budget
+    require_dp: bool = False  # refuse rounds without sample-level DP
+
+
+@dataclass
+class SiteConfig:
+    name: str = ""
+    data: SiteDataConfig = field(default_factory=SiteDataConfig)
+    device: str = "auto"
+    state_dir: str = "state"  # privacy budget, logs, check results
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    insecure: bool = False  # plain gRPC without TLS or keys: for a local trial only
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    audit_log: str | None = None  # default: <state_dir>/audit.log
+
+
+def load_site_config(path: str | Path) -> DictConfig:
+    """Read and validate SITE.yaml; every problem is a `ConfigError` naming the file and setting."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"site config not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(SiteConfig), loaded)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from exc
+    _resolve_paths(cfg, path.resolve().parent)
+    validate_site(cfg, str(path))
+    return cfg
+
+
+def _resolve_paths(cfg: DictConfig, base: Path) -> None:
+    def absolute(value: str | None) -> str | None:
+        return None if not value else str(base / Path(value).expanduser())
+
+    cfg.data.path = absolute(cfg.data.path) or ""
+    cfg.state_dir = absolute(cfg.state_dir) or ""
+    cfg.audit_log = absolute(cfg.audit_log) or (str(Path(cfg.state_dir) / "audit.log") if cfg.state_dir else None)
+    for key in ("ca_cert", "private_key", "public_key"):
+        cfg.coordinator[key] = absolute(cfg.coordinator[key])
+
+
+def validate_site(cfg: DictConfig, source: str) -> None:
+    """Checks beyond the schema's types; ``source`` (the file) starts every message."""
+
+    def check(condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(f"{source}: bad value for '{key}': {message}")
+
+    check(bool(cfg.name), "name", "give the site's name")
+    check(bool(_NAME.match(cfg.name)), "name", f"'{cfg.name}' is not a site name (letters, digits, '-' and '_')")
+    check(bool(cfg.state_dir), "state_dir", "give the folder where the site keeps its state")
+    check(_valid_device(cfg.device), "device", f"use {DEVICES_HELP}")
+    _validate_data(cfg.data, check)
+    _validate_coordinator(cfg, check)
+    _validate_policy(cfg.policy, check)
+
+
+def _validate_data(d: DictConfig, check) -> None:
+    check(d.format in DATA_FORMATS, "data.format", f"'{d.format}' is not one of {', '.join(DATA_FORMATS)}")
+    check(bool(d.path), "data.path", "give the site's data file (npz) or folder")
+    path = Path(d.path)
+    if d.format == "npz":
+        check(path.is_file(), "data.path", f"file not found: {path}")
+    else:
+        check(path.is_dir(), "data.path", f"folder not found: {path}")
+    if d.format == "folder":
+        check((path / d.labels_csv).is_file(), "data.labels_csv", f"file not found: {path / d.labels_csv}")
+    check(0 < d.val_fraction < 1, "data.val_fraction", f"must be between 0 and 1, got {d.val_fraction}")
+    check(d.split in ("train", "test"), "data.split", "is train or test")
+    check(d.slices in ("2d", "3d"), "data.slices", "is 2d or 3d")
+
+
+def _validate_coordinator(cfg: DictConfig, check) -> None:
+    from medfed.server.credentials import load_node_private_key, load_node_public_key
+
+    c = cfg.coordinator
+    match = _ADDRESS.match(c.address)
+    check(bool(match) and 1 <= int(match.group(2)) <= 65535, "coordinator.address",
+          f"'{c.address}' is not host:port (e.g. fl.example.org:8000)")
+    if cfg.insecure:
+        return
+    for key in ("ca_cert", "private_key"):
+        check(c[key] is not None, f"coordinator.{key}", "required unless insecure: true")
+    for key in ("ca_cert", "private_key", "public_key"):
+        check(c[key] is None or Path(c[key]).is_file(), f"coordinator.{key}", f"file not found: {c[key]}")
+    mode = Path(c.private_key).stat().st_mode & 0o777
+    check(mode & 0o077 == 0, "coordinator.private_key",
+          f"{c.private_key} is readable by other users (mode {mode:04o}); run chmod 600 {c.private_key}")
+    key = _load(load_node_private_key, c.private_key, "coordinator.private_key", check)
+    if c.public_key:
+        public = _load(load_node_public_key, c.public_key, "coordinator.public_key", check)
+        check(public.public_numbers() == key.public_key().public_numbers(), "coordinator.public_key",
+              f"{c.public_key} is not the public half of {c.private_key}")
+
+
+def _load(loader, path: str, key: str, check):
+    try:
+        return loader(Path(path))
+    except MedfedError as exc:
+        check(False, key, str(exc))
+
+
+def _validate_policy(p: DictConfig, check) -> None:
+    from medfed.models.registry import TASK_MODELS
+
+    check(len(p.tasks) > 0, "policy.tasks", f"list at least one of {', '.join(TASKS)}")
+    for task in p.tasks:
+        check(task in TASKS, "policy.tasks", f"'{task}' is not one of {', '.join(TASKS)}")
+    known = [m for task in p.tasks for m in TASK_MODELS[task]]
+    for model in p.models:
+        check(model in known, "policy.models", f"'{model}' is not a model of {', '.join(p.tasks)} "
+              f"(choose from {', '.join(known)})")
+    check(p.max_epsilon is None or p.max_epsilon > 0, "policy.max_epsilon", f"must be > 0, got {p.max_epsilon}")
+
+
+def read_site_data(cfg: DictConfig) -> tuple:
+    """The site's train and validation sets, read as its ClientApp will train on them."""
+    from medfed.client.datasets import read_image_folder, read_npz_split
+    from medfed.client.segmentation_sources import read_source
+
+    d = cfg.data
+    path = Path(d.path)
+    if d.format == "npz":
+        return read_npz_split(path, "train"), read_npz_split(path, "val")
+    if d.format == "folder":
+        data = read_image_folder(path, path / d.labels_csv, d.image_column, d.label_column)
+    else:
+        data = read_source(d, path)
+        if d.format == "dicom" and d.slices == "2d":
+            data = axial_slices(data)
+    return split_validation(data, d.val_fraction, d.val_seed, path)
+
+
+def axial_slices(data):
+    """3D items (D, H, W, C) as their 2D slices ``name:z``: one DICOM series then trains a 2D
+    network and still leaves slices for local validation."""
+    from medfed.client.segmentation_data import SegmentationImages
+
+    items = [(image[z], mask[z], None if fov is None else fov[z], f"{name}:{z}")
+             for image, mask, fov, name in zip(data.images, data.masks, data.fov, data.names)
+             for z in range(image.shape[0])]
+    return SegmentationImages(*(list(column) for column in zip(*items))) if items else data
+
+
+def split_validation(data, fraction: float, seed: int, where: Path) -> tuple:
+    """``data`` split into local train and validation (at least 2 to train and 1 to validate)."""
+    n = len(data)
+    if n < 3:
+        raise DataError(f"{where}: only {n} item(s); a site needs at least 3 (2 to train, 1 to validate)")
+    rows = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(n * fraction))), n - 2)
+    return data.subset(np.sort(rows[n_val:])), data.subset(np.sort(rows[:n_val]))

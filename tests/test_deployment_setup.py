@@ -1,0 +1,323 @@
+"""Joining a federation: credentials, the site's SITE.yaml and its data check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from PIL import Image
+
+from conftest import pneumonia_or_skip
+from medfed.errors import MedfedError
+from medfed.server import credentials
+from medfed.server.credentials import check_certificate, create_credentials
+
+PHI_VALUES = ("CompressedSamples", "1CT1", "JFK IMAGING", "ABCD1234")
+
+
+@pytest.fixture
+def creds(tmp_path) -> Path:
+    out = tmp_path / "creds"
+    create_credentials(out, "fl.example.org", [], ["north"])
+    return out
+
+
+def _write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _site_yaml(folder: Path, creds: Path, data: str, extra: str = "") -> Path:
+    return _write_yaml(folder / "SITE.yaml", f"""\
+name: north
+data: {data}
+state_dir: state
+coordinator:
+  address: fl.example.org:8000
+  ca_cert: {creds / 'ca.crt'}
+  private_key: {creds / 'north.key'}
+  public_key: {creds / 'north.pub'}
+{extra}""")
+
+
+# ---- credentials ---------------------------------------------------------------------------
+
+
+def test_certs_creates_a_ca_a_server_certificate_and_site_keys(cli, capsys, tmp_path):
+    out = tmp_path / "creds"
+    code = cli("certs", "--out", out, "--coordinator-host", "fl.example.org", "--coordinator-ip", "10.0.0.5",
+               "--sites", "north,south")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    names = {"ca.crt", "ca.key", "server.pem", "server.key", "north.key", "north.pub", "south.key", "south.pub"}
+    assert {p.name for p in out.iterdir()} == names
+    for name in ("server.pem", "north.key", "south.pub", "ca.crt"):
+        assert name in err
+
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    server.verify_directly_issued_by(ca)
+    check_certificate(out / "server.pem", out / "ca.crt")
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"fl.example.org", "localhost"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("10.0.0.5"),
+                                                           ipaddress.ip_address("127.0.0.1")}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for name in names:
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        assert mode == (0o600 if name.endswith(".key") else 0o644), (name, oct(mode))
+
+
+def test_site_keys_are_what_flower_reads(creds):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.supercore.primitives.asymmetric import bytes_to_public_key
+
+    key = load_ssh_private_key((creds / "north.key").read_bytes(), None)  # as flower-supernode does
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert (creds / "north.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    registered = bytes_to_public_key(try_load_public_key(creds / "north.pub"))  # flwr supernode register
+    assert registered.public_numbers() == key.public_key().public_numbers()
+
+
+def test_private_keys_stay_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        placements = create_credentials(tmp_path / "c", "fl.example.org", [], ["north"])
+    finally:
+        os.umask(old)
+    for p in placements:
+        assert stat.S_IMODE(p.file.stat().st_mode) == (0o600 if p.private else 0o644), p.file
+
+
+def test_certs_refuse_to_overwrite(cli, capsys, creds):
+    before = {p.name: p.read_bytes() for p in creds.iterdir()}
+    code = cli("certs", "--out", creds, "--coordinator-host", "other.example.org", "--sites", "north")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{creds / 'ca.crt'} already exists" in err
+    assert {p.name: p.read_bytes() for p in creds.iterdir()} == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sites", "north,north"], "north listed twice"),
+    (["--sites", "../evil"], "'../evil' is not a usable site name"),
+    (["--sites", "north", "--coordinator-ip", "not-an-ip"], "--coordinator-ip: 'not-an-ip'"),
+    (["--sites", "north", "--days", "0"], "--days"),
+])
+def test_certs_bad_arguments(cli, capsys, tmp_path, args, message):
+    code = cli("certs", "--out", tmp_path / "c", "--coordinator-host", "fl.example.org", *args)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c" / "ca.crt").exists()
+
+
+def _write_cert(path: Path, cert) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_check_certificate_rejects_an_expired_certificate(creds, tmp_path):
+    ca_key = serialization.load_pem_private_key((creds / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((creds / "ca.crt").read_bytes())
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=400)
+    _, old = credentials.make_server_cert(ca_key, ca, "fl.example.org", [], days=30, now=past)
+    path = _write_cert(tmp_path / "old.pem", old)
+    with pytest.raises(MedfedError, match="expired on") as err:
+        check_certificate(path, creds / "ca.crt")
+    assert str(path) in str(err.value)
+
+
+def test_check_certificate_rejects_a_certificate_not_yet_valid(creds, tmp_path):
+    ca_key = serialization.load_pem_private_key((creds / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((creds / "ca.crt").read_bytes())
+    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=10)
+    _, early = credentials.make_server_cert(ca_key, ca, "fl.example.org", [], days=30, now=future)
+    path = _write_cert(tmp_path / "early.pem", early)
+    with pytest.raises(MedfedError, match="not valid before") as err:
+        check_certificate(path, creds / "ca.crt")
+    assert str(path) in str(err.value)
+
+
+def test_check_certificate_rejects_a_foreign_certificate(creds, tmp_path):
+    other_key, other_ca = credentials.make_ca(days=30)
+    _, foreign = credentials.make_server_cert(other_key, other_ca, "fl.example.org", [], days=30)
+    path = _write_cert(tmp_path / "foreign.pem", foreign)
+    with pytest.raises(MedfedError, match="not signed by the CA") as err:
+        check_certificate(path, creds / "ca.crt")
+    assert str(path) in str(err.value) and str(creds / "ca.crt") in str(err.value)
+
+
+# ---- SITE.yaml -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_npz(tmp_path) -> Path:
+    source = np.load(pneumonia_or_skip())
+    path = tmp_path / "north.npz"
+    np.savez(path, train_images=source["train_images"][:60], train_labels=source["train_labels"][:60],
+             val_images=source["val_images"][:20], val_labels=source["val_labels"][:20])
+    return path
+
+
+def _expect_config_error(cli, capsys, yaml: Path, *messages: str) -> None:
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    assert code == 2
+    for message in messages:
+        assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_unknown_setting(cli, capsys, tmp_path, creds):
+    yaml = _site_yaml(tmp_path, creds, "{format: npz, path: x.npz, formt: 1}")
+    _expect_config_error(cli, capsys, yaml, str(yaml), "unknown setting 'data.formt'")
+
+
+def test_missing_data_folder(cli, capsys, tmp_path, creds):
+    yaml = _site_yaml(tmp_path, creds, "{format: masks, path: images_here}")
+    _expect_config_error(cli, capsys, yaml, "'data.path'", f"folder not found: {tmp_path / 'images_here'}")
+
+
+def test_unknown_format(cli, capsys, tmp_path, creds):
+    yaml = _site_yaml(tmp_path, creds, "{format: jpeg, path: .}")
+    _expect_config_error(cli, capsys, yaml, "'data.format'", "'jpeg' is not one of npz, folder, drive, masks")
+
+
+@pytest.mark.parametrize("address", ["fl.example.org", "fl.example.org:99999", "http://fl:9092"])
+def test_bad_address(cli, capsys, tmp_path, creds, small_npz, address):
+    yaml = _site_yaml(tmp_path, creds, f"{{format: npz, path: {small_npz}}}")
+    yaml.write_text(yaml.read_text().replace("fl.example.org:8000", address))
+    _expect_config_error(cli, capsys, yaml, "'coordinator.address'", address)
+
+
+def test_missing_or_exposed_private_key(cli, capsys, tmp_path, creds, small_npz):
+    yaml = _site_yaml(tmp_path, creds, f"{{format: npz, path: {small_npz}}}")
+    (creds / "north.key").chmod(0o644)
+    _expect_config_error(cli, capsys, yaml, "'coordinator.private_key'", "chmod 600")
+    (creds / "north.key").unlink()
+    _expect_config_error(cli, capsys, yaml, "'coordinator.private_key'", f"file not found: {creds / 'north.key'}")
+
+
+def test_public_key_of_another_site(cli, capsys, tmp_path, creds, small_npz):
+    create_credentials(tmp_path / "other", "fl.example.org", [], ["south"])
+    yaml = _site_yaml(tmp_path, creds, f"{{format: npz, path: {small_npz}}}")
+    yaml.write_text(yaml.read_text().replace(str(creds / "north.pub"), str(tmp_path / "other" / "south.pub")))
+    _expect_config_error(cli, capsys, yaml, "'coordinator.public_key'", "not the public half")
+
+
+# ---- site check ----------------------------------------------------------------------------
+
+
+def test_site_check_on_npz(cli, capsys, tmp_path, creds, small_npz):
+    yaml = _site_yaml(tmp_path, creds, "{format: npz, path: north.npz}")  # relative to SITE.yaml
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "60 train, 20 validation" in err
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["ok"] and report["counts"] == {"train": 60, "val": 20}
+    assert sum(report["labels"].values()) == 80
+    assert report["sizes"]["most_common"] == "28x28"
+    assert report["unreadable"] == [] and report["phi"] is None
+
+
+def test_site_check_keeps_going_past_bad_images(cli, capsys, tmp_path, creds):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    (images / "broken.png").write_bytes(b"not a picture")
+    rows = "".join(f"{i}.png,{i % 2}\n" for i in range(4)) + "broken.png,0\nmissing.png,1\n"
+    (images / "labels.csv").write_text("image,label\n" + rows)
+    yaml = _site_yaml(tmp_path, creds, "{format: folder, path: images}")
+    out = tmp_path / "check.json"
+    assert cli("site", "check", yaml, "--output", out) == 2
+    report = json.loads(out.read_text())
+    assert {Path(r["file"]).name for r in report["unreadable"]} == {"broken.png", "missing.png"}
+    assert report["labels"] == {"0": 2, "1": 2} and report["files"] == 6
+    assert not report["ok"]
+
+
+def test_site_check_on_a_mask_folder(cli, capsys, tmp_path, creds):
+    root = tmp_path / "seg"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(4):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:4, :8] = 255  # an eighth of each picture is foreground
+        Image.fromarray(np.full((16, 16), 30 * i, np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    yaml = _site_yaml(tmp_path, creds, "{format: masks, path: seg, masks: masks, fov: null}",
+                      extra="policy: {tasks: [segmentation], models: [unet]}\n")
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["mask_classes"] == {"0": 0.875, "1": 0.125}
+    assert report["counts"] == {"train": 3, "val": 1}
+
+
+def _dicom_series(folder: Path, n: int) -> None:
+    """``n`` slices of pydicom's CT_small.dcm (which carries a patient name, ID and institution),
+    one after another along the slice axis."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True)
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for z in range(n):
+        ds = source.copy()
+        ds.InstanceNumber = z + 1
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], -75.0 + 5 * z]
+        ds.SOPInstanceUID = f"{source.SOPInstanceUID}.{z}"
+        ds.save_as(folder / f"slice{z}.dcm")
+
+
+def test_site_check_on_dicom_warns_about_phi_and_lists_a_corrupt_file(cli, capsys, tmp_path, creds):
+    root = tmp_path / "ct"
+    _dicom_series(root / "images", 4)
+    mask = np.zeros((4, 128, 128), np.uint8)
+    mask[:, 32:64, 32:64] = 1
+    np.save(root / "mask.npy", mask)
+    yaml = _site_yaml(tmp_path, creds, "{format: dicom, path: ct, masks: mask.npy}",
+                      extra="policy: {tasks: [segmentation]}\n")
+
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "WARNING" in err
+    for tag in ("PatientName", "PatientID", "InstitutionName"):
+        assert tag in err
+    report_text = (tmp_path / "state" / "site-check.json").read_text()
+    for value in PHI_VALUES:
+        assert value not in err and value not in report_text
+    report = json.loads(report_text)
+    assert report["phi"]["files"] == 4 and report["phi"]["tags"]["PatientName"] == 4
+    assert report["spacing_mm"]["most_common"] == "0.6615x0.6615x5"
+    assert report["sizes"]["most_common"] == "128x128"
+    assert report["counts"] == {"train": 3, "val": 1}
+
+    (root / "images" / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+    shutil.copy(root / "images" / "slice0.dcm", root / "images" / "truncated.dcm")
+    with open(root / "images" / "truncated.dcm", "r+b") as f:
+        f.truncate(2000)
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    assert code == 2
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert {Path(r["file"]).name for r in report["unreadable"]} == {"corrupt.dcm", "truncated.dcm"}
+    assert report["files"] == 6  # every slice file, the damaged ones included
+    assert report["phi"]["files"] >= 4 and report["sizes"]["most_common"] == "128x128"
+    assert "PatientName" in err
