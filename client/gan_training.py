@@ -136,9 +136,10 @@ def _step(
 ) -> tuple[float, float]:
     """One discriminator and one generator update; returns their losses.
 
-    ``discriminator`` is ``model.discriminator`` or, ``private``, its Opacus wrapper. Real and fake
-    rows go through it in one forward pass with one loss per row, the form DP-SGD
-    needs (one clipped gradient per row); the loss is the real mean plus the fake mean.
+    ``discriminator`` is ``model.discriminator`` or (``private``) its Opacus wrapper.
+    Real and fake rows go through it in one forward pass with one loss per row, the
+    form DP-SGD needs (one clipped gradient per row); the loss is the real mean plus
+    the fake mean. Images are in [-1, 1].
     """
     z = model.noise(len(fake_labels)).to(real.device)
     fake = model.generator(z, fake_labels)

@@ -4,8 +4,10 @@ Generator and discriminator live in one module, so its state_dict carries both
 (``generator.*`` and ``discriminator.*``) and one federated update averages both.
 Only the discriminator sees real images; it is built from layers Opacus supports
 (convolutions, GroupNorm, LeakyReLU without ``inplace``, an embedding), so DP-SGD runs
-on it unchanged and the generator, trained through it, inherits its privacy
-(DP-GAN). The generator may use BatchNorm: it only ever sees noise and labels.
+on it unchanged; the generator, trained only through it, is post-processing of a
+private model and costs no privacy (DP-GAN). The generator may use BatchNorm: it only
+ever sees noise and labels; `generate` samples with its BatchNorm statistics
+recomputed for the current weights (`recalibrate_batchnorm`).
 
 Pixel ranges: the generator outputs and the discriminator takes images in [-1, 1]
 (tanh); `ConditionalGAN.sample` returns [0, 1], like `training.to_tensor`, and
@@ -115,7 +117,7 @@ class ConditionalGAN(nn.Module):
 
     def __init__(
         self, latent_dim: int = 64, num_classes: int = 2, channels: int = 1,
-        image_size: int = 28, width: int = 64,
+        image_size: int = 28, width: int = 32,
     ) -> None:
         super().__init__()
         if image_size < 8 or not 4 <= image_size >> halvings(image_size) <= 7:

@@ -28,6 +28,15 @@ from medfed.errors import ConfigError
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: threads only wait on each other, the more so on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _gan(**kw):
     torch.manual_seed(0)
     return ConditionalGAN(**{"latent_dim": 16, "width": 8, **kw})
