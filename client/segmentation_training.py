@@ -3,7 +3,7 @@
 Training draws random patches (MONAI's `RandCropByPosNegLabel`: half centred on the
 foreground, which is thin and rare in vessel or tumour masks) with random flips and
 90-degree rotations; inference runs MONAI's sliding window over whole images of any
-size. Under DP-SGD a patient's image is the unit of privacy: Opacus samples images
+size, with test-time mirroring. Under DP-SGD a patient's image is the unit of privacy: Opacus samples images
 (Poisson), each sampled image contributes one patch, and its gradient is clipped alone.
 """
 
@@ -128,13 +128,21 @@ def _fit(model: nn.Module, loader: DataLoader, optimizer, s: training.TrainSetti
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, fov: np.ndarray | None, patch: int,
             device: torch.device) -> np.ndarray:
-    """Class probabilities ``(K, *spatial)`` of one whole image, by sliding window."""
+    """Class probabilities ``(K, *spatial)`` of one whole image: a sliding window of the
+    training patch size (normalisation statistics then match training), averaged over
+    the image and its mirror images along each axis (test-time mirroring, as nnU-Net
+    does: the network was trained on flipped patches too)."""
     model.to(device).eval()
     x = torch.from_numpy(segmentation.normalise(image, fov))[None].to(device)
-    roi = (patch,) * (x.ndim - 2)
-    logits = sliding_window_inference(x, roi, sw_batch_size=16, predictor=model,
-                                      overlap=PATCH_OVERLAP, mode="gaussian", padding_mode="constant")
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    spatial = tuple(range(2, x.ndim))
+    total = 0.0
+    for axes in [()] + [(a,) for a in spatial]:
+        view = torch.flip(x, axes) if axes else x
+        logits = sliding_window_inference(view, (patch,) * len(spatial), sw_batch_size=16, predictor=model,
+                                          overlap=PATCH_OVERLAP, mode="gaussian", padding_mode="constant")
+        probs = torch.softmax(logits.float(), dim=1)
+        total = total + (torch.flip(probs, axes) if axes else probs)
+    return (total / (len(spatial) + 1))[0].cpu().numpy()
 
 
 def evaluate_segmentation(model: nn.Module, data: SegmentationImages, patch: int,

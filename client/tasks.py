@@ -46,7 +46,8 @@ def local_evaluate(model: nn.Module, data, s: training.TrainSettings, device: to
 
 
 def inference_window(patch: int) -> int:
-    """Sliding-window size at inference: twice the training patch, for more context per
-    window at the same cost (the network is fully convolutional)."""
-    return 2 * patch
+    """Sliding-window size at inference: the training patch. Larger windows cost less
+    but their instance-norm statistics differ from training (measured on DRIVE: Dice
+    0.789 at 64 px, 0.787 at 128, 0.779 at 256, same model)."""
+    return patch
 

@@ -54,7 +54,7 @@ class SegmentationDataConfig:
     train: SegmentationSource = field(default_factory=SegmentationSource)
     test: SegmentationSource = field(default_factory=lambda: SegmentationSource(split="test"))
     sites: list[SegmentationSource] = field(default_factory=list)  # natural multi-site: one per hospital
-    patch_size: int = 64  # training patches (pixels per side); inference windows are twice this
+    patch_size: int = 64  # training patches and inference windows (pixels per side)
     overlays: int = 4  # test images saved as image / truth / prediction PNGs
 
 
