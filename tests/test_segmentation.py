@@ -129,13 +129,21 @@ FAST_SEGMENTATION = ["train.rounds=2", "train.local_steps=3", "train.batch_size=
                      f"data.segmentation.test={_source('test')}"]
 
 
-def test_natural_multi_site_run_end_to_end(cli, hospitals, tmp_path):
+def test_natural_multi_site_run_end_to_end_with_dp(cli, hospitals, tmp_path):
     sites = f"data.segmentation.sites=[{_source('north')}, {_source('south')}]"
     out = tmp_path / "run"
     code = cli("simulate", CONFIG, *FAST_SEGMENTATION, "partition.scheme=natural", "shift.strength=0.5",
-               sites, "simulation.cpus_per_site=1", "--output", out, data_dir=hospitals)
+               sites, "simulation.cpus_per_site=1", "privacy.mechanism=sample", "privacy.noise_multiplier=1.0",
+               "privacy.delta=0.01", "--output", out, data_dir=hospitals)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
+    privacy = summary["privacy"]
+    assert set(privacy["sites"]) == {"site-000", "site-001"}
+    site = privacy["sites"]["site-000"]
+    assert site["sample-rate"] == pytest.approx(0.5)  # 5 training images in batches of 4
+    independent = RDPAccountant()
+    independent.history = [(1.0, 0.5, 3)] * 2  # 3 steps in each of 2 rounds
+    assert privacy["epsilon"] == pytest.approx(independent.get_epsilon(0.01), rel=0.01)
     assert summary["task"] == "segmentation" and summary["sites"] == 2
     assert set(summary["test"]) >= {"dice", "iou", "hd95", "auc"}
     assert 0.0 <= summary["test"]["dice"] <= 1.0
