@@ -151,9 +151,9 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             weights = arrays.to_torch_state_dict()
             if plan.privacy is not None:
                 plan.privacy.record(plan.strategy, sites)
-            evaluation, eval_failures, _ = site_metrics(list(grid.send_and_receive(
+            evaluation, eval_failures, _ = site_metrics(sorted(grid.send_and_receive(
                 list(plan.strategy.configure_evaluate(rnd, arrays, config, grid)), timeout=plan.timeout
-            )))
+            ), key=_site_order))
             threshold = federated_threshold(evaluation)
             test = plan.evaluate(weights, threshold, rnd)
             row = {
