@@ -11,7 +11,7 @@ The same app runs in the Simulation Engine and on a hospital's SuperNode; only t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -140,9 +140,10 @@ def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> Metr
     return MetricRecord(metrics)
 
 
-def make_client_app(locate_site: Callable[[dict], Site]) -> ClientApp:
-    """A ClientApp whose site is found from the SuperNode's ``node_config``."""
-    app = ClientApp(mods=[client_level_clipping_mod])
+def make_client_app(locate_site: Callable[[dict], Site], mods: Sequence = ()) -> ClientApp:
+    """A ClientApp whose site is found from the SuperNode's ``node_config``; ``mods`` run
+    outside the clipping mod (a deployed site's own controls see what really leaves it)."""
+    app = ClientApp(mods=[*mods, client_level_clipping_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -54,6 +54,40 @@ def _parser() -> argparse.ArgumentParser:
     check = site_commands.add_parser("check", help="check the site's data and settings without training")
     check.add_argument("config", type=Path, help="the site's SITE.yaml")
     check.add_argument("--output", "-o", type=Path, help="JSON report (default: STATE_DIR/site-check.json)")
+    site_start = site_commands.add_parser("start", help="run the site's SuperNode in the foreground (a daemon)")
+    site_start.add_argument("config", type=Path, help="the site's SITE.yaml")
+    site_start.add_argument("--runtime-port", type=int, default=9094,
+                            help="local port of the SuperNode's Runtime API, on 127.0.0.1 (default: %(default)s)")
+    site_start.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts "
+                            "(default: keep trying)")
+    site_start.add_argument("--max-wait-time", type=float, help="give up after this many seconds without the "
+                            "coordinator (default: keep trying)")
+    server = commands.add_parser("server", help="the coordinator's commands: a federation on Flower's SuperLink")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    server_start = server_commands.add_parser(
+        "start", help="start the SuperLink, register the sites and run the experiment (foreground)")
+    server_start.add_argument("config", type=Path, help="YAML experiment config")
+    server_start.add_argument("overrides", nargs="*", help="settings to change, as key=value")
+    server_start.add_argument("--certs", type=Path, default=Path("creds"),
+                              help="folder from 'medfed certs' with ca.crt, server.pem, server.key (default: creds)")
+    server_start.add_argument("--sites-keys", type=Path,
+                              help="folder of the allowed sites' SITE.pub files (default: --certs)")
+    server_start.add_argument("--insecure", action="store_true",
+                              help="no TLS and no site authentication: a trial on one machine only")
+    server_start.add_argument("--host", default="127.0.0.1",
+                              help="address to listen on (default: %(default)s; 0.0.0.0 accepts the sites)")
+    server_start.add_argument("--port", type=int, default=8000, help="port of the SuperLink (default: %(default)s)")
+    server_start.add_argument("--output", "-o", type=Path, help="run folder (default: runs/NAME-deployed-TIME)")
+    server_start.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    server_start.add_argument("--wait-for-sites", type=float, default=300.0,
+                              help="seconds to wait for every registered site before round 1 (default: %(default)s)")
+    server_start.add_argument("--state", type=Path, default=Path("medfed-server"),
+                              help="folder for the federation's state and logs (default: medfed-server)")
+    for name, text in (("status", "show the connected sites and the run's progress"),
+                       ("stop", "stop the federation and every process it started")):
+        sub = server_commands.add_parser(name, help=text)
+        sub.add_argument("--state", type=Path, default=Path("medfed-server"),
+                         help="state folder of 'medfed server start' (default: medfed-server)")
     return parser
 
 
@@ -106,6 +140,31 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
     return 0 if report["ok"] else EXIT_BAD_INPUT
 
 
+def _site_start(args: argparse.Namespace, console: Console) -> int:
+    from medfed.client.supernode import run_site
+
+    return run_site(args.config, console, args.runtime_port, args.max_retries, args.max_wait_time)
+
+
+def _server(args: argparse.Namespace, console: Console) -> int:
+    from medfed.server.coordinator import StartOptions, start_federation, stop_federation
+
+    if args.server_command == "status":
+        from medfed.server.coordinator_status import federation_status
+
+        federation_status(args.state, console)
+        return 0
+    if args.server_command == "stop":
+        return stop_federation(args.state, console)
+    if args.resume and args.output is None:
+        raise MedfedError("--resume needs --output: the folder of the run to continue")
+    return start_federation(StartOptions(
+        config=args.config, overrides=args.overrides, state_dir=args.state, certs=args.certs,
+        sites_keys=args.sites_keys, insecure=args.insecure, host=args.host, port=args.port,
+        output=args.output, resume=args.resume, wait_for_sites=args.wait_for_sites,
+    ), console)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
@@ -122,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             return _certs(args, console)
         if args.command == "site" and args.site_command == "check":
             return _site_check(args, console)
+        if args.command == "site" and args.site_command == "start":
+            return _site_start(args, console)
+        if args.command == "server":
+            return _server(args, console)
     except MedfedError as exc:
         console.print(f"[bold red]medfed:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT

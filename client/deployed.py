@@ -1,0 +1,23 @@
+"""The ClientApp of a deployed hospital: ``clientapp`` of medfed's Flower app.
+
+The same training as in simulation (`medfed.client.app`), with the site found from its
+SuperNode's SITE.yaml and the site's own controls (policy, audit log, what may leave)
+wrapped around it as a Flower mod.
+"""
+
+from flwr.app import Context, Error, Message
+
+from medfed.client.app import make_client_app
+from medfed.client.deployed_site import locate_deployed_site
+from medfed.client.message_checks import MALFORMED_MESSAGE
+from medfed.client.site_control import site_control_mod
+
+app = make_client_app(locate_deployed_site, mods=[site_control_mod])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Registered so that queries pass through the site's controls, which refuse and log
+    them; a site answers train and evaluate messages only."""
+    return Message(Error(code=MALFORMED_MESSAGE, reason="a site answers train and evaluate messages only"),
+                   reply_to=msg)

@@ -1,0 +1,178 @@
+"""The shape of what a deployed site accepts and what it lets leave.
+
+In: a train or evaluate message whose config record has every setting the ClientApp
+reads, with the right types and sensible values, for a model medfed knows, and whose
+weights fit that model exactly. Anything else is malformed and refused before training.
+
+Out: the model's own weights (the same names and shapes as received) and the
+metrics medfed declares: scalars, plus the two fixed-size score histograms of binary
+evaluation. No other arrays, lists or records, so no per-sample data can leave.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import Message, MessageType
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
+
+from medfed.config import TASKS
+from medfed.errors import MedfedError
+from medfed.models.classification import LOGIT_EDGES
+from medfed.models.registry import TASK_MODELS
+from medfed.models.spec import ModelSpec
+from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
+
+MALFORMED_MESSAGE = 4003  # error code: the coordinator's message is not one medfed sends
+REPLY_WITHHELD = 4004  # error code: the reply held more than weights and declared metrics
+
+ACCEPTED_TYPES = (MessageType.TRAIN, MessageType.EVALUATE)
+_INT, _NUMBER, _BOOL, _TEXT = "int", "number", "bool", "text"
+ROUND_SETTINGS = {
+    "label-kind": _TEXT, "local-epochs": _INT, "local-steps": _INT, "batch-size": _INT,
+    "optimizer": _TEXT, "lr": _NUMBER, "momentum": _NUMBER, "weight-decay": _NUMBER,
+    "class-weighting": _BOOL, "augment": _BOOL, "amp": _BOOL, "seed": _INT, "server-round": _INT,
+}
+SAMPLE_DP_SETTINGS = {
+    "dp-noise-multiplier": _NUMBER, "dp-target-epsilon": _NUMBER, "dp-max-epsilon": _NUMBER,
+    "dp-planned-rounds": _INT, "dp-delta": _NUMBER, "dp-max-grad-norm": _NUMBER, "dp-accountant": _TEXT,
+}
+SCALAR_METRICS = frozenset({"train_loss", "num-examples", "site", UNIT_WEIGHT, KEY_NORM_BIT, *PRIVACY_KEYS})
+HISTOGRAMS = frozenset({"hist-pos", "hist-neg"})
+HISTOGRAM_BINS = len(LOGIT_EDGES) - 1
+VALIDATION_PREFIX = "val_"
+
+
+class MalformedMessage(MedfedError):
+    """A message from the coordinator that the site cannot safely act on."""
+
+
+class ReplyWithheld(MedfedError):
+    """A reply that would carry more than weights and declared metrics."""
+
+
+def _is(value, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _check_settings(config, settings: dict[str, str]) -> None:
+    for key, kind in settings.items():
+        if key not in config:
+            raise MalformedMessage(f"the round's config has no '{key}'")
+        if not _is(config[key], kind):
+            raise MalformedMessage(f"the round's config has '{key}' = {config[key]!r}, not a {kind}")
+
+
+NUMERIC_KINDS = frozenset("biuf")  # numpy dtype kinds: bool, int, unsigned, float
+
+
+@lru_cache(maxsize=8)
+def model_layout(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every array of the network ``spec`` builds."""
+    return {name: tuple(t.shape) for name, t in spec.build().state_dict().items()}
+
+
+def _layout(record) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of an ArrayRecord's arrays, all numeric. Types may differ: averaging
+    turns integer counters (BatchNorm's batch count) into floats, loading casts back."""
+    for name, array in record.items():
+        if np.dtype(array.dtype).kind not in NUMERIC_KINDS:
+            raise MalformedMessage(f"array '{name}' holds {array.dtype}, not numbers")
+    return {name: tuple(a.shape) for name, a in record.items()}
+
+
+def check_incoming(msg: Message) -> ModelSpec:
+    """The model the message asks for; `MalformedMessage` when the message is not a
+    well-formed train or evaluate message of medfed's ServerApp (weights: `check_weights`)."""
+    try:
+        return _check_incoming(msg)
+    except MalformedMessage:
+        raise
+    except Exception as exc:  # whatever a hostile or broken message trips on: refuse it
+        raise MalformedMessage(f"unreadable message ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_incoming(msg: Message) -> ModelSpec:
+    if msg.has_error():
+        raise MalformedMessage(f"the coordinator sent an error, not a task ({msg.error.reason})")
+    kind = msg.metadata.message_type
+    if kind not in ACCEPTED_TYPES:
+        raise MalformedMessage(f"message type '{kind}' is not one a site answers (train, evaluate)")
+    content = msg.content
+    if "config" not in content.config_records or "arrays" not in content.array_records:
+        raise MalformedMessage("the message lacks its 'config' or 'arrays' record")
+    if len(content.array_records) != 1 or content.metric_records:
+        raise MalformedMessage("the message holds records other than the model and its config")
+    config = content.config_records["config"]
+    _check_settings(config, ROUND_SETTINGS)
+    if config.get(DP_MECHANISM, "none") == "sample":
+        _check_settings(config, SAMPLE_DP_SETTINGS)
+    try:
+        spec = ModelSpec.from_config(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"the round's config does not describe a model ({exc})") from exc
+    if spec.task not in TASKS or spec.name not in TASK_MODELS[spec.task]:
+        raise MalformedMessage(f"unknown model '{spec.name}' for task '{spec.task}'")
+    if config["local-epochs"] < 1 or config["batch-size"] < 1 or config["local-steps"] < 0:
+        raise MalformedMessage("local-epochs and batch-size must be >= 1, local-steps >= 0")
+    if not config["lr"] > 0 or config["server-round"] < 1 or config["optimizer"] not in ("adam", "sgd"):
+        raise MalformedMessage("lr must be > 0, server-round >= 1 and optimizer adam or sgd")
+    return spec
+
+
+def check_weights(msg: Message, spec: ModelSpec) -> None:
+    """`MalformedMessage` unless the message's weights are exactly those of ``spec``'s
+    network (checked after the policy: a forbidden model is never built)."""
+    try:
+        expected = model_layout(spec)
+        fits = _layout(msg.content.array_records["arrays"]) == expected
+    except Exception as exc:
+        raise MalformedMessage(f"the round's model cannot be built ({type(exc).__name__}: {exc})") from exc
+    if not fits:
+        raise MalformedMessage(f"the weights sent do not fit the model '{spec.name}' the config describes")
+
+
+def check_reply(request: Message, reply: Message) -> None:
+    """`ReplyWithheld` unless ``reply`` holds only the request's model (for training) and
+    declared metrics."""
+    try:
+        _check_reply(request, reply)
+    except ReplyWithheld:
+        raise
+    except Exception as exc:  # a reply the checks cannot read does not leave either
+        raise ReplyWithheld(f"unreadable reply ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_reply(request: Message, reply: Message) -> None:
+    content = reply.content
+    if content.config_records:
+        raise ReplyWithheld("the reply holds config records")
+    arrays = content.array_records
+    if request.metadata.message_type == MessageType.TRAIN:
+        sent = request.content.array_records["arrays"]
+        try:
+            fits = len(arrays) == 1 and _layout(next(iter(arrays.values()))) == _layout(sent)
+        except MalformedMessage as exc:
+            raise ReplyWithheld(str(exc)) from exc
+        if not fits:
+            raise ReplyWithheld("the reply's arrays are not exactly the model's weights")
+    elif arrays:
+        raise ReplyWithheld("an evaluation reply holds arrays")
+    if len(content.metric_records) != 1:
+        raise ReplyWithheld("the reply must hold one metric record")
+    for name, value in next(iter(content.metric_records.values())).items():
+        if name in HISTOGRAMS:
+            if not isinstance(value, list) or len(value) != HISTOGRAM_BINS:
+                raise ReplyWithheld(f"metric '{name}' is not a {HISTOGRAM_BINS}-bin histogram")
+        elif name in SCALAR_METRICS or name.startswith(VALIDATION_PREFIX):
+            if isinstance(value, list):
+                raise ReplyWithheld(f"metric '{name}' is a list; only declared histograms may be")
+        else:
+            raise ReplyWithheld(f"metric '{name}' is not one medfed declares")

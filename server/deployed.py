@@ -1,0 +1,139 @@
+"""The ServerApp of a deployed federation: ``serverapp`` of medfed's Flower app.
+
+The SuperLink runs it on the coordinator for each run. Its run config (written by
+``medfed server start`` into the app's pyproject.toml) carries the experiment config as
+YAML text, the run folder, and the registered sites' node ids; the plan is built from
+them exactly as in simulation (`medfed.simulation.experiment`), with the config's data
+as the coordinator's own test set. The run folder gets the same files as a simulated
+run, plus ``sites.json`` (which site is which); ``failed.json`` says why a run failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from medfed.config import ExperimentConfig, _explain, as_dict, to_yaml, validate
+from medfed.errors import ConfigError
+
+CONFIG_KEY = "experiment-config"  # the experiment's YAML, as text
+OUTPUT_KEY = "output-dir"  # the run folder on the coordinator
+SITES_KEY = "site-nodes"  # registered sites: "NODE_ID=NAME,..."
+WAIT_KEY = "wait-for-sites"  # seconds to wait for every registered site before round 1
+RESUME_KEY = "resume"  # continue from the run folder's checkpoint
+SITES_FILE, FAILED_FILE = "sites.json", "failed.json"
+log = logging.getLogger("medfed.server")
+
+
+def experiment_from(run_config) -> DictConfig:
+    """The experiment config carried by the run config, validated as `load_config` does."""
+    text = run_config.get(CONFIG_KEY)
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"run config '{CONFIG_KEY}' is missing: submit runs with 'medfed server start'")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(text))
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, f"run config '{CONFIG_KEY}'") from exc
+    validate(cfg)
+    return cfg
+
+
+def wait_for_sites(grid: Grid, expected: int, patience: float, poll: float = 1.0) -> int:
+    """Wait up to ``patience`` seconds for ``expected`` sites; the number connected."""
+    deadline = time.monotonic() + patience
+    while (connected := len(list(grid.get_node_ids()))) < expected and time.monotonic() < deadline:
+        time.sleep(poll)
+    log.info("%d of %d sites connected", connected, expected)
+    return connected
+
+
+def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
+    """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
+    from medfed.server.evaluation import evaluator
+    from medfed.server.outputs import CHECKPOINT, RunOutputs, start_wandb
+    from medfed.server.plan import (
+        classifier_spec,
+        fingerprint,
+        initial_weights,
+        model_spec,
+        round_config,
+    )
+    from medfed.server.privacy import PrivacyLedger
+    from medfed.server.rounds import RoundPlan
+    from medfed.simulation.sources import load_experiment_data
+    from medfed.strategies import build_strategy
+
+    data = load_experiment_data(cfg)
+    if cfg.task == "segmentation":
+        spec = model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
+    else:
+        spec = classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
+    outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project, out.name, as_dict(cfg), out))
+    outputs.write_config(to_yaml(cfg))
+    plan = RoundPlan(
+        strategy=build_strategy(cfg, num_sites),
+        rounds=cfg.train.rounds,
+        site_config=lambda rnd: round_config(cfg, spec, rnd),
+        evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
+        initial_weights=lambda: initial_weights(cfg, spec),
+        outputs=outputs,
+        privacy=PrivacyLedger(cfg),
+        fingerprint=fingerprint(cfg),
+        timeout=cfg.strategy.timeout,
+        resume=resume and outputs.path(CHECKPOINT).is_file(),
+        show_progress=False,
+    )
+    return plan, spec, data
+
+
+def run_deployed(grid: Grid, run_config) -> dict:
+    """Every round of the run described by ``run_config``; returns the summary."""
+    from medfed.server.rounds import RoundFailed, run_rounds
+    from medfed.server.site_names import NamedSites, parse_site_nodes
+
+    started = time.perf_counter()
+    if not run_config.get(OUTPUT_KEY):
+        raise ConfigError(f"run config '{OUTPUT_KEY}' is missing: submit runs with 'medfed server start'")
+    out = Path(str(run_config[OUTPUT_KEY]))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = experiment_from(run_config)
+        names = parse_site_nodes(str(run_config.get(SITES_KEY, "")))
+        num_sites = len(names) or cfg.partition.num_sites
+        plan, spec, data = build_plan(cfg, out, num_sites, bool(run_config.get(RESUME_KEY, False)))
+        sites = NamedSites(grid, names)
+        wait_for_sites(grid, num_sites, float(run_config.get(WAIT_KEY, 300.0)))
+        weights, rows = run_rounds(sites, plan)
+        (out / SITES_FILE).write_text(json.dumps(sites.table(), indent=2) + "\n")
+        if not rows:
+            raise RoundFailed(f"no round finished: {plan.stopped or 'unknown reason'}")
+    except Exception as exc:
+        (out / FAILED_FILE).write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}) + "\n")
+        raise
+    if weights is not None:
+        plan.outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
+    plan.outputs.plot()
+    summary = {
+        "name": cfg.name, "mode": "deployed", "task": cfg.task, "dataset": data.source,
+        "sites": sites.table(), "rounds": cfg.train.rounds, "rounds_done": rows[-1]["round"],
+        "strategy": cfg.strategy.name, "model": cfg.model.name, "test": rows[-1]["test"],
+        "per_site": rows[-1]["global_model_at_sites"], "privacy": plan.privacy.block(),
+        "stopped_early": plan.stopped, "seconds": {"total": time.perf_counter() - started},
+    }
+    plan.outputs.write_summary(summary)
+    return summary
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_deployed(grid, context.run_config)

@@ -1,0 +1,601 @@
+"""A deployed federation: the site's controls, the deployed apps, and a real SuperLink with
+three SuperNodes over TLS with node authentication on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
+
+from conftest import pneumonia_or_skip
+from medfed.client.audit_log import FIELDS, read_audit_log, weights_digest
+from medfed.client.message_checks import (
+    HISTOGRAM_BINS, MALFORMED_MESSAGE, REPLY_WITHHELD, ReplyWithheld, check_reply, model_layout,
+)
+from medfed.client.site_config import load_site_config
+from medfed.client.site_control import SITE_FAILED, SiteControl
+from medfed.client.site_policy import POLICY_REFUSED
+from medfed.config import load_config
+from medfed.errors import MedfedError
+from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.server import processes
+from medfed.server.credentials import create_credentials
+from medfed.server.plan import initial_weights, model_spec, round_config
+
+ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
+         "train.rounds=2", "logging.progress=false"]
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, (n, 1))
+    images = (np.where(labels[:, :, None] == 1, 170, 60) + rng.integers(0, 40, (n, 28, 28))).astype(np.uint8)
+    return images, labels
+
+
+def _site_npz(path: Path, n_train: int = 24, n_val: int = 8, seed: int = 0) -> Path:
+    (ti, tl), (vi, vl) = _images(n_train, seed), _images(n_val, seed + 1)
+    np.savez(path, train_images=ti, train_labels=tl, val_images=vi, val_labels=vl)
+    return path
+
+
+def _site_yaml(folder: Path, creds: Path, name: str = "north", policy: str = "", address: str = "127.0.0.1:8000",
+               data: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        _site_npz(folder / "data.npz", seed=len(name))
+        data = "{format: npz, path: data.npz}"
+    path = folder / "SITE.yaml"
+    path.write_text(f"""\
+name: {name}
+data: {data}
+device: cpu
+state_dir: state
+coordinator:
+  address: {address}
+  ca_cert: {creds / 'ca.crt'}
+  private_key: {creds / f'{name}.key'}
+policy:
+  tasks: [classification]
+  models: [cnn]
+{policy}""")
+    return path
+
+
+@pytest.fixture
+def creds(tmp_path) -> Path:
+    out = tmp_path / "creds"
+    create_credentials(out, "localhost", [], ["north", "south", "east", "rogue"])
+    return out
+
+
+@pytest.fixture
+def site(tmp_path, creds) -> Path:
+    return _site_yaml(tmp_path / "north", creds)
+
+
+def _round(*overrides: str, rnd: int = 1):
+    """A round's config and weights as medfed's ServerApp sends them."""
+    cfg = load_config(None, [*ROUND, *overrides])
+    segmentation = cfg.task == "segmentation"
+    spec = model_spec(cfg, 2, "segmentation" if segmentation else "binary", 1, 0 if segmentation else 28)
+    return round_config(cfg, spec, rnd), ArrayRecord(initial_weights(cfg, spec)), spec
+
+
+def _message(config: dict, arrays: ArrayRecord, kind: str = MessageType.TRAIN, records=None) -> Message:
+    metadata = Metadata(run_id=11, message_id=f"m-{kind}-{time.monotonic_ns()}", src_node_id=1, dst_node_id=2,
+                        reply_to_message_id="", group_id=str(config.get("server-round", 1)),
+                        created_at=time.time(), ttl=3600, message_type=kind, src_task_id=1, dst_task_id=2)
+    content = records if records is not None else RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+    return Message(content, metadata=metadata)
+
+
+def _context(site_yaml: Path) -> Context:
+    return Context(run_id=11, node_id=2, node_config={"site-config": str(site_yaml)}, state=RecordDict(),
+                   run_config={})
+
+
+def _must_not_run(msg, ctxt):
+    raise AssertionError("the ClientApp ran a message the site should have refused")
+
+
+def _control(site_yaml: Path) -> SiteControl:
+    return SiteControl(load_site_config(site_yaml))
+
+
+# ---- policy --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.name=resnet18"], ["resnet18", "policy.models"]),
+    (["task=segmentation", "model.name=unet", "partition.scheme=iid"], ["segmentation", "policy.tasks"]),
+])
+def test_policy_refuses_a_forbidden_model_or_task_before_building_it(site, overrides, words):
+    config, arrays, _ = _round(*overrides)
+    reply = _control(site)(_message(config, arrays), _context(site), _must_not_run)
+    assert reply.has_error() and reply.error.code == POLICY_REFUSED
+    assert all(w in reply.error.reason for w in words), reply.error.reason
+    log = read_audit_log(Path(site.parent / "state" / "audit.log"))
+    assert [(e["direction"], e["status"]) for e in log] == [("in", "refused"), ("out", "refused")]
+    assert all(w in log[0]["reason"] for w in words)
+
+
+@pytest.mark.parametrize("policy, overrides, words", [
+    ("  max_epsilon: 2.0\n", ["privacy.mechanism=sample", "privacy.target_epsilon=8"], ["epsilon 8", "max_epsilon=2"]),
+    ("  max_epsilon: 2.0\n", [], ["'none'", "max_epsilon=2"]),
+    ("  require_dp: true\n", ["privacy.mechanism=client", "privacy.noise_multiplier=1"], ["'client'", "require_dp"]),
+])
+def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, policy, overrides, words):
+    site = _site_yaml(tmp_path / "north", creds, policy=policy)
+    config, arrays, _ = _round(*overrides)
+    reply = _control(site)(_message(config, arrays), _context(site), _must_not_run)
+    assert reply.error.code == POLICY_REFUSED
+    assert all(w in reply.error.reason for w in words), reply.error.reason
+
+
+def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
+    """The policy allows the run (epsilon 4 <= 5), but the site has already spent most of its
+    budget in earlier rounds (its accountant's file in state_dir): this round is refused."""
+    from medfed.client.deployed import app
+    from medfed.client.privacy import SiteAccountant
+
+    site = _site_yaml(tmp_path / "north", creds, policy="  max_epsilon: 5.0\n")
+    spent = SiteAccountant(tmp_path / "north" / "state", "rdp")
+    spent.save([(0.6, 1 / 3, 400)])
+    assert spent.epsilon(1e-3) > 5.0
+    config, arrays, _ = _round("privacy.mechanism=sample", "privacy.noise_multiplier=1.0", "privacy.delta=0.001")
+    reply = app(_message(config, arrays), _context(site))
+    assert reply.has_error() and reply.error.code == BUDGET_EXHAUSTED, reply.error
+    assert "privacy budget" in reply.error.reason
+    log = read_audit_log(tmp_path / "north" / "state" / "audit.log")
+    assert [(e["direction"], e["status"]) for e in log] == [("in", "accepted"), ("out", "refused")]
+
+
+# ---- audit log and what leaves the site ----------------------------------------------------
+
+
+def test_audit_log_records_each_message_and_replies_carry_only_weights_and_metrics(site):
+    from medfed.client.deployed import app
+
+    config, arrays, spec = _round()
+    train = app(_message(config, arrays), _context(site))
+    evaluate = app(_message(config, arrays, MessageType.EVALUATE), _context(site))
+    assert not train.has_error() and not evaluate.has_error()
+
+    (sent,) = train.content.array_records.values()
+    assert {k: tuple(a.shape) for k, a in sent.items()} == model_layout(spec)
+    assert not train.content.config_records and not evaluate.content.array_records
+    for reply in (train, evaluate):
+        check_reply(_message(config, arrays, reply.metadata.message_type), reply)
+        for name, value in next(iter(reply.content.metric_records.values())).items():
+            assert not isinstance(value, list) or len(value) == HISTOGRAM_BINS, name
+
+    log = read_audit_log(site.parent / "state" / "audit.log")
+    assert [(e["direction"], e["kind"], e["status"]) for e in log] == [
+        ("in", "train", "accepted"), ("out", "train", "sent"),
+        ("in", "evaluate", "accepted"), ("out", "evaluate", "sent")]
+    for entry in log:
+        assert set(entry) == set(FIELDS) and entry["run_id"] == 11 and entry["round"] == 1 and entry["bytes"] > 0
+    assert log[0]["weights_sha256"] == weights_digest(arrays)
+    assert log[1]["weights_sha256"] == weights_digest(sent) != log[0]["weights_sha256"]
+    assert log[1]["bytes"] > 100_000 > log[3]["bytes"]  # weights go out after training only
+    assert log[3]["weights_sha256"] is None and "hist-pos" in log[3]["metrics"] and "train_loss" in log[1]["metrics"]
+    assert os.stat(site.parent / "state" / "audit.log").st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("leak", ["extra arrays", "per-sample list", "undeclared metric", "config record"])
+def test_a_reply_with_more_than_weights_and_declared_metrics_is_withheld(site, leak):
+    config, arrays, _ = _round()
+    request = _message(config, arrays)
+    metrics = MetricRecord({"train_loss": 0.5, "num-examples": 24})
+    records = {"arrays": arrays, "metrics": metrics}
+    if leak == "extra arrays":
+        records["images"] = ArrayRecord({"x": Array(np.zeros((24, 28, 28), np.float32))})
+    elif leak == "per-sample list":
+        metrics["val_loss"] = [0.1] * 24
+    elif leak == "undeclared metric":
+        metrics["patient_ids"] = 3
+    else:
+        records["config"] = ConfigRecord({"path": "/data/north"})
+    leaky = Message(RecordDict(records), reply_to=request)
+    with pytest.raises(ReplyWithheld):
+        check_reply(request, leaky)
+    reply = _control(site)(request, _context(site), lambda msg, ctxt: leaky)
+    assert reply.has_error() and reply.error.code == REPLY_WITHHELD and not reply.has_content()
+    assert read_audit_log(site.parent / "state" / "audit.log")[-1]["status"] == "withheld"
+
+
+def _malformed(config: dict, arrays: ArrayRecord) -> dict[str, Message]:
+    without_lr = {k: v for k, v in config.items() if k != "lr"}
+    return {
+        "no config": _message(config, arrays, records=RecordDict({"arrays": arrays})),
+        "lr as text": _message({**config, "lr": "fast"}, arrays),
+        "unknown model": _message({**config, "model-name": "gpt"}, arrays),
+        "no lr": _message(without_lr, arrays),
+        "weights of another model": _message(config, ArrayRecord({"w": Array(np.zeros(3, np.float32))})),
+        "text in the weights": _message(config, ArrayRecord({k: Array(np.full(a.shape, "x")) for k, a in arrays.items()})),
+        "query message": _message(config, arrays, kind=MessageType.QUERY),
+        "negative steps": _message({**config, "local-steps": -1}, arrays),
+    }
+
+
+def test_malformed_messages_are_logged_and_refused_without_crashing(site):
+    from medfed.client.deployed import app
+
+    config, arrays, _ = _round()
+    for what, msg in _malformed(config, arrays).items():
+        reply = app(msg, _context(site))
+        assert reply.has_error() and reply.error.code == MALFORMED_MESSAGE, (what, reply)
+        assert reply.error.reason.startswith("north: malformed message"), what
+    log = read_audit_log(site.parent / "state" / "audit.log")
+    assert len(log) == 2 * len(_malformed(config, arrays)) and {e["status"] for e in log} == {"refused"}
+
+    def broken(msg, ctxt):
+        raise RuntimeError("CUDA out of memory")
+
+    reply = _control(site)(_message(config, arrays), _context(site), broken)
+    assert reply.error.code == SITE_FAILED and "RuntimeError" in reply.error.reason
+
+
+def test_a_supernode_without_a_site_config_answers_with_an_error(tmp_path):
+    from medfed.client.deployed import app
+
+    config, arrays, _ = _round()
+    context = Context(run_id=11, node_id=2, node_config={}, state=RecordDict(), run_config={})
+    reply = app(_message(config, arrays), context)
+    assert reply.has_error() and "medfed site start" in reply.error.reason
+
+
+# ---- the deployed ServerApp, in-process ----------------------------------------------------
+
+
+class LoopbackGrid:
+    """Flower's Grid with each node answered in-process by the deployed ClientApp."""
+
+    def __init__(self, sites: dict[int, Path]) -> None:
+        self.sites = sites
+
+    def get_node_ids(self):
+        return list(self.sites)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from medfed.client.deployed import app
+
+        return [app(msg, _context(self.sites[msg.metadata.dst_node_id])) for msg in messages]
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def set_run(self, run):
+        pass
+
+    run = None
+
+
+@pytest.fixture
+def coordinator_data(tmp_path) -> Path:
+    (ti, tl), (vi, vl), (si, sl) = _images(32, 5), _images(8, 6), _images(24, 7)
+    folder = tmp_path / "coordinator"
+    folder.mkdir()
+    np.savez(folder / "pneumoniamnist.npz", train_images=ti, train_labels=tl, val_images=vi, val_labels=vl,
+             test_images=si, test_labels=sl)
+    return folder
+
+
+def _run_config(tmp_path: Path, coordinator: Path, overrides=()) -> dict:
+    from medfed.server.deployed import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
+
+    from medfed.config import to_yaml
+
+    cfg = load_config(None, [*ROUND, "train.rounds=1", f"data.root={coordinator}", *overrides])
+    return {CONFIG_KEY: to_yaml(cfg), OUTPUT_KEY: str(tmp_path / "run"), SITES_KEY: "101=south,102=north",
+            WAIT_KEY: 0.0}
+
+
+def test_deployed_server_app_runs_its_rounds_and_names_sites_by_their_keys(tmp_path, creds, coordinator_data,
+                                                                        monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+    from medfed.server.deployed import run_deployed
+
+    for key, value in (("_run_id", 11), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+    grid = LoopbackGrid({101: _site_yaml(tmp_path / "south", creds, "south"),
+                         102: _site_yaml(tmp_path / "north", creds, "north")})
+    summary = run_deployed(grid, _run_config(tmp_path, coordinator_data))
+    assert summary["mode"] == "deployed" and summary["rounds_done"] == 1 and "auc" in summary["test"]
+    assert summary["sites"] == {"site-000": "north", "site-001": "south"}
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(row["sites"]) == {"site-000", "site-001"} and not row["sites_failed"]
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, coordinator_data, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+    from medfed.server.coordinator import follow_run
+    from medfed.server.deployed import FAILED_FILE, run_deployed
+    from medfed.server.rounds import RoundFailed
+
+    for key, value in (("_run_id", 11), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+    grid = LoopbackGrid({101: _site_yaml(tmp_path / "south", creds, "south"),
+                         102: _site_yaml(tmp_path / "north", creds, "north")})
+    with pytest.raises(RoundFailed, match="refused by the site's policy: model 'resnet18'"):
+        run_deployed(grid, _run_config(tmp_path, coordinator_data, ["model.name=resnet18"]))
+    assert "north: refused" in json.loads((tmp_path / "run" / FAILED_FILE).read_text())["error"]
+
+    me = processes.track(os.getpid(), "test")
+    state = {"run_id": 7, "rounds": 1, "flwr_home": str(tmp_path), "log": "superlink.log"}
+    from rich.console import Console
+
+    with pytest.raises(MedfedError, match="run 7 failed: round 1: only 0 of 2 sites.*policy.models"):
+        follow_run(state, tmp_path / "run", me, Console(stderr=True))
+
+
+def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
+    from flwr.cli.config_utils import load_and_validate
+    from medfed.server.deployed import experiment_from
+    from medfed.server.flower_app import write_app
+
+    from medfed.config import to_yaml
+
+    cfg = load_config(None, ROUND)
+    cfg.name = 'quotes "and" \\backslashes\\ and ünïcode\x7f'
+    path = write_app(tmp_path / "app", cfg.name, to_yaml(cfg), tmp_path / "out", "1=a,2=b", 30.0, False)
+    config, _ = load_and_validate(path)
+    assert config["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "medfed.server.deployed:app", "clientapp": "medfed.client.deployed:app"}
+    assert to_yaml(experiment_from(config["tool"]["flwr"]["app"]["config"])) == to_yaml(cfg)
+
+
+# ---- bad inputs at the command line --------------------------------------------------------
+
+
+def test_site_start_stops_with_a_clear_message_on_bad_settings(cli, capsys, tmp_path, creds):
+    wrong = _site_yaml(tmp_path / "a", creds, address="coordinator.invalid:8000")
+    assert cli("site", "start", wrong) == 2
+    assert "coordinator.address: cannot resolve 'coordinator.invalid'" in capsys.readouterr().err
+
+    missing = _site_yaml(tmp_path / "b", creds, data="{format: folder, path: scans}")
+    assert cli("site", "start", missing) == 2
+    err = capsys.readouterr().err
+    assert "data.path" in err and "folder not found" in err and str(missing) in err
+
+    other = tmp_path / "other"  # a coordinator whose certificate comes from another federation
+    create_credentials(other, "localhost", [], ["north"])
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _TLS_SERVER, str(other), str(port)])
+    try:
+        _wait_for_port(port)
+        foreign = _site_yaml(tmp_path / "c", creds, address=f"127.0.0.1:{port}")
+        assert cli("site", "start", foreign) == 2
+        assert "cannot trust" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_TLS_SERVER = """
+import socket, ssl, sys
+creds, port = sys.argv[1], int(sys.argv[2])
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(f"{creds}/server.pem", f"{creds}/server.key")
+with socket.create_server(("127.0.0.1", port)) as s:
+    for _ in range(3):
+        conn, _ = s.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            pass
+"""
+
+
+def _wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tmp_path, coordinator_data):
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"name: t\ndata: {{root: {coordinator_data}}}\nmodel: {{name: cnn}}\n")
+    assert cli("server", "start", config, "--certs", tmp_path / "nothing", "--state", tmp_path / "s") == 2
+    assert "ca.crt not found" in capsys.readouterr().err
+    assert cli("server", "status", "--state", tmp_path / "s") == 2
+    assert "no federation is running" in capsys.readouterr().err
+    assert cli("server", "start", config, "mode=pooled", "--state", tmp_path / "s") == 2
+    assert "mode: federated" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing started, nothing written
+
+
+# ---- end to end: a SuperLink and three SuperNodes as separate processes ---------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _shards(source: Path, sites: list[str], out: Path) -> Path:
+    """Small per-site shards of PneumoniaMNIST, and the coordinator's own test slice."""
+    data = np.load(source)
+    rng = np.random.default_rng(0)
+    train, val = rng.permutation(len(data["train_labels"])), rng.permutation(len(data["val_labels"]))
+    for i, name in enumerate(sites):
+        t, v = train[i * 48:(i + 1) * 48], val[i * 12:(i + 1) * 12]
+        (out / name).mkdir(parents=True)
+        np.savez(out / name / "data.npz", train_images=data["train_images"][t], train_labels=data["train_labels"][t],
+                 val_images=data["val_images"][v], val_labels=data["val_labels"][v])
+    coordinator = out / "coordinator"
+    coordinator.mkdir()
+    np.savez(coordinator / "pneumoniamnist.npz", train_images=data["train_images"][:64],
+             train_labels=data["train_labels"][:64], val_images=data["val_images"][:16],
+             val_labels=data["val_labels"][:16], test_images=data["test_images"][:64],
+             test_labels=data["test_labels"][:64])
+    return coordinator
+
+
+class Procs:
+    """The processes the test starts, and every descendant seen, all ended at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.popen: dict[str, subprocess.Popen] = {}
+        self.seen: dict[int, processes.Tracked] = {}
+        self.env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FLWR_DISABLE_UPDATE_CHECK="1",
+                        FLWR_TELEMETRY_ENABLED="0")
+
+    def start(self, name: str, *args) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (closed by the child's end)
+        self.popen[name] = subprocess.Popen([sys.executable, "-m", "medfed.cli", *map(str, args)], stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log.close()
+        self.snapshot()
+        return self.popen[name]
+
+    def output(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def snapshot(self) -> None:
+        for proc in self.popen.values():
+            if proc.poll() is None:
+                try:
+                    for member in processes.tree(processes.track(proc.pid, "test")):
+                        self.seen.setdefault(member.pid, member)
+                except ProcessLookupError:
+                    pass
+
+    def kill(self, name: str) -> None:
+        """Kill a site abruptly: its medfed process, its SuperNode and their helpers."""
+        members = processes.tree(processes.track(self.popen[name].pid, name))
+        for member in members:
+            self.seen.setdefault(member.pid, member)
+            os.kill(member.pid, signal.SIGKILL)
+        self.popen[name].wait(10)
+
+    def wait(self, name: str, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.popen[name].poll() is None and time.monotonic() < deadline:
+            self.snapshot()
+            time.sleep(1)
+        if self.popen[name].poll() is None:
+            raise AssertionError(f"{name} still running after {timeout:.0f} s:\n{self.output(name)[-3000:]}")
+        return self.popen[name].returncode
+
+    def left_running(self) -> list[processes.Tracked]:
+        return [p for p in self.seen.values() if processes.alive(p)]
+
+    def end_all(self) -> None:
+        for proc in self.popen.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        processes.stop(list(self.seen.values()), grace=5)
+        for proc in self.popen.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _until(condition, timeout: float, what: str, procs: Procs) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{procs.output('server')[-3000:]}")
+        procs.snapshot()
+        time.sleep(0.5)
+
+
+@pytest.mark.deployment
+def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
+    source = pneumonia_or_skip()
+    sites = ["north", "south", "east"]
+    creds = tmp_path / "creds"
+    assert cli("certs", "--out", creds, "--coordinator-host", "localhost", "--sites", ",".join([*sites, "rogue"])) == 0
+    keys = tmp_path / "allowed"
+    keys.mkdir()
+    for name in sites:
+        (keys / f"{name}.pub").write_bytes((creds / f"{name}.pub").read_bytes())
+    coordinator = _shards(source, [*sites, "rogue"], tmp_path)
+    port = _free_port()
+    for name in [*sites, "rogue"]:
+        _site_yaml(tmp_path / name, creds, name, address=f"127.0.0.1:{port}")
+    config = tmp_path / "experiment.yaml"
+    config.write_text(f"""\
+name: loopback
+seed: 3
+data: {{dataset: pneumoniamnist, root: {coordinator}}}
+model: {{name: cnn}}
+train: {{rounds: 2, local_steps: 1, batch_size: 16, device: cpu, amp: false}}
+strategy: {{min_sites: 2, timeout: 40}}
+logging: {{progress: false}}
+""")
+    state, out = tmp_path / "coordinator-state", tmp_path / "run"
+    procs = Procs(tmp_path)
+    try:
+        procs.start("server", "server", "start", config, "--certs", creds, "--sites-keys", keys, "--port", port,
+                    "--state", state, "--output", out, "--wait-for-sites", 90)
+        state_file = state / "state.json"
+        _until(lambda: state_file.is_file() and len(json.loads(state_file.read_text())["sites"]) == 3, 90,
+               "the sites' registration", procs)
+        superlink = processes.Tracked(**json.loads(state_file.read_text())["processes"]["superlink"])
+        for name in [*sites, "rogue"]:
+            procs.start(name, "site", "start", tmp_path / name / "SITE.yaml", "--runtime-port", _free_port())
+
+        assert procs.wait("rogue", 90) == 2  # an unregistered key is turned away
+        assert "Failed to activate SuperNode" in procs.output("rogue")
+        assert "public key" in procs.output("rogue")
+
+        status = subprocess.run([sys.executable, "-m", "medfed.cli", "server", "status", "--state", state],
+                                check=False, capture_output=True, text=True, env=procs.env, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert all(name in status.stderr for name in sites) and "run " in status.stderr
+
+        _until(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip(), 150,
+               "round 1", procs)
+        procs.kill("east")  # a site dies during round 2
+        assert procs.wait("server", 150) == 0, procs.output("server")[-3000:]
+
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rows] == [1, 2]
+        assert len(rows[0]["sites"]) == 3 and len(rows[1]["sites"]) == 2 and rows[1]["sites_failed"]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["sites"] == {"site-000": "east", "site-001": "north", "site-002": "south"}
+        assert "auc" in summary["test"]
+        assert not processes.alive(superlink)
+
+        audit = read_audit_log(tmp_path / "north" / "state" / "audit.log")
+        assert {(e["round"], e["direction"], e["kind"]) for e in audit} >= {
+            (1, "in", "train"), (1, "out", "train"), (2, "in", "train"), (2, "out", "train")}
+        assert all(set(e) == set(FIELDS) and e["status"] in ("accepted", "sent") for e in audit)
+
+        for name in ("north", "south"):
+            procs.popen[name].send_signal(signal.SIGTERM)
+            assert procs.wait(name, 30) == 0
+    finally:
+        procs.end_all()
+    assert procs.left_running() == []
+    assert not (state / "state.json").exists()
