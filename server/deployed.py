@@ -56,40 +56,15 @@ def wait_for_sites(grid: Grid, expected: int, patience: float, poll: float = 1.0
 
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
-    from medfed.server.evaluation import evaluator
-    from medfed.server.outputs import CHECKPOINT, RunOutputs, start_wandb
-    from medfed.server.plan import (
-        classifier_spec,
-        fingerprint,
-        initial_weights,
-        model_spec,
-        round_config,
-    )
-    from medfed.server.privacy import PrivacyLedger
-    from medfed.server.rounds import RoundPlan
+    from medfed.server.outputs import RunOutputs, start_wandb
+    from medfed.server.plan import experiment_spec, round_plan
     from medfed.simulation.sources import load_experiment_data
-    from medfed.strategies import build_strategy
 
     data = load_experiment_data(cfg)
-    if cfg.task == "segmentation":
-        spec = model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
-    else:
-        spec = classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
+    spec = experiment_spec(cfg, data)
     outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project, out.name, as_dict(cfg), out))
     outputs.write_config(to_yaml(cfg))
-    plan = RoundPlan(
-        strategy=build_strategy(cfg, num_sites),
-        rounds=cfg.train.rounds,
-        site_config=lambda rnd: round_config(cfg, spec, rnd),
-        evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
-        initial_weights=lambda: initial_weights(cfg, spec),
-        outputs=outputs,
-        privacy=PrivacyLedger(cfg),
-        fingerprint=fingerprint(cfg),
-        timeout=cfg.strategy.timeout,
-        resume=resume and outputs.path(CHECKPOINT).is_file(),
-        show_progress=False,
-    )
+    plan = round_plan(cfg, spec, data, num_sites, outputs, resume, show_progress=False)
     return plan, spec, data
 
 

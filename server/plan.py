@@ -42,6 +42,37 @@ def classifier_spec(cfg: DictConfig, labels: LabelSpace, channels: int, image_si
     return model_spec(cfg, labels.num_classes, kind, channels, image_size)
 
 
+def experiment_spec(cfg: DictConfig, data) -> ModelSpec:
+    """The network for an experiment's data (`simulation.sources.ExperimentData`)."""
+    if cfg.task == "segmentation":
+        return model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
+    return classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
+
+
+def round_plan(cfg: DictConfig, spec: ModelSpec, data, num_sites: int, outputs, resume: bool,
+               show_progress: bool):
+    """The server's `RoundPlan` for ``cfg``: the same in simulation and in deployment."""
+    from medfed.server.evaluation import evaluator
+    from medfed.server.outputs import CHECKPOINT
+    from medfed.server.privacy import PrivacyLedger
+    from medfed.server.rounds import RoundPlan
+    from medfed.strategies import build_strategy
+
+    return RoundPlan(
+        strategy=build_strategy(cfg, num_sites),
+        rounds=cfg.train.rounds,
+        site_config=lambda rnd: round_config(cfg, spec, rnd),
+        evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
+        initial_weights=lambda: initial_weights(cfg, spec),
+        outputs=outputs,
+        privacy=PrivacyLedger(cfg),
+        fingerprint=fingerprint(cfg),
+        timeout=cfg.strategy.timeout,
+        resume=resume and outputs.path(CHECKPOINT).is_file(),
+        show_progress=show_progress,
+    )
+
+
 def lr_at(cfg: DictConfig, rnd: int) -> float:
     """Learning rate of round ``rnd`` (1-based): cosine decay to 5% over the planned rounds."""
     if cfg.train.lr_decay == "none" or cfg.train.rounds == 1:

@@ -21,16 +21,12 @@ from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
 from medfed.client.privacy import check_site_privacy, incompatible_layers
 from medfed.errors import ConfigError, MedfedError
-from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
+from medfed.server.outputs import CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
-from medfed.server.privacy import PrivacyLedger
 from medfed.models.spec import ModelSpec
-from medfed.server.evaluation import evaluator
 from medfed.server.examples import save_examples
-from medfed.server.plan import (
-    classifier_spec, fingerprint, initial_weights, model_spec, round_config, train_settings,
-)
-from medfed.server.rounds import RoundFailed, RoundPlan
+from medfed.server.plan import experiment_spec, round_plan, train_settings
+from medfed.server.rounds import RoundFailed
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.baselines import run_local, run_pooled
@@ -38,7 +34,6 @@ from medfed.simulation.partition import SiteShard, natural_sites, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.sources import load_experiment_data
-from medfed.strategies import build_strategy
 
 log = logging.getLogger("medfed")
 
@@ -85,10 +80,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
     check_site_privacy(cfg, [len(s.train) for s in sites])
     scanners = _apply_shift(sites, cfg)
-    if cfg.task == "segmentation":
-        spec = model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
-    else:
-        spec = classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
+    spec = experiment_spec(cfg, data)
     spec.build()  # an unknown model name fails here, before anything is written
     if spec.dp_compatible:
         raw = replace(spec, dp_compatible=False).build()
@@ -172,19 +164,7 @@ def _reference_trainer(cfg: DictConfig, spec: ModelSpec, device):
 def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool):
     from medfed.simulation.engine import simulate_federation  # imports Ray: only when needed
 
-    plan = RoundPlan(
-        strategy=build_strategy(cfg, num_sites),
-        rounds=cfg.train.rounds,
-        site_config=lambda rnd: round_config(cfg, spec, rnd),
-        evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
-        initial_weights=lambda: initial_weights(cfg, spec),
-        outputs=outputs,
-        privacy=PrivacyLedger(cfg),
-        fingerprint=fingerprint(cfg),
-        timeout=cfg.strategy.timeout,
-        resume=resume and outputs.path(CHECKPOINT).is_file(),
-        show_progress=cfg.logging.progress,
-    )
+    plan = round_plan(cfg, spec, data, num_sites, outputs, resume, cfg.logging.progress)
     result = simulate_federation(cfg, plan, str(sites_root), num_sites)
     if result.error is not None:
         raise result.error
