@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, TASKS, _explain, _valid_device
+from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, TASKS, _valid_device, merge_yaml
 from medfed.errors import ConfigError, DataError, MedfedError
 
 DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)
@@ -76,18 +75,7 @@ class SiteConfig:
 def load_site_config(path: str | Path) -> DictConfig:
     """Read and validate SITE.yaml; every problem is a `ConfigError` naming the file and setting."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"site config not found: {path}")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in several types
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SiteConfig), loaded)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, str(path)) from exc
+    cfg = merge_yaml(OmegaConf.structured(SiteConfig), path, "site config")
     _resolve_paths(cfg, path.resolve().parent)
     validate_site(cfg, str(path))
     return cfg

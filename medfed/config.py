@@ -195,23 +195,28 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: bad value for '{key}': {reason}")
 
 
+def merge_yaml(schema: DictConfig, path: Path, what: str) -> DictConfig:
+    """``path``'s settings merged into ``schema``; a missing file, bad YAML, an unknown key
+    or a wrong type is a `ConfigError` naming the file (``what`` says which kind it is)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return OmegaConf.merge(schema, loaded)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from exc
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
     """Read a YAML config, apply ``key=value`` overrides and validate the result."""
     cfg = OmegaConf.structured(ExperimentConfig)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # yaml errors come in several types
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        try:
-            cfg = OmegaConf.merge(cfg, loaded)
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, str(path)) from exc
+        cfg = merge_yaml(cfg, Path(path), "config file")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
