@@ -576,12 +576,14 @@ logging: {{progress: false}}
 
         _until(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip(), 150,
                "round 1", procs)
-        procs.kill("east")  # a site dies during round 2
+        procs.kill("east")  # a site dies as round 2 starts
         assert procs.wait("server", 150) == 0, procs.output("server")[-3000:]
 
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [1, 2]
-        assert len(rows[0]["sites"]) == 3 and len(rows[1]["sites"]) == 2 and rows[1]["sites_failed"]
+        # Whether the SuperLink saw east go before or after round 2 sampled its sites (a race the test cannot
+        # fix), round 2 completes with the two live sites.
+        assert len(rows[0]["sites"]) == 3 and sorted(rows[1]["sites"]) == ["site-001", "site-002"]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["sites"] == {"site-000": "east", "site-001": "north", "site-002": "south"}
         assert "auc" in summary["test"]
