@@ -40,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epsilons", default="none,8,4,2,1", help="targets, 'none' for no DP (default: %(default)s)")
     sweep.add_argument("--output", "-o", type=Path, help="sweep folder (default: runs/NAME-sweep)")
     sweep.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
+    defend = commands.add_parser(
+        "defend", help="defence report: the federation under each attack, aggregated by each rule",
+    )
+    defend.add_argument("config", type=Path, help="YAML config whose attack.sites are the malicious sites")
+    defend.add_argument("overrides", nargs="*", help="settings to change, as key=value")
+    defend.add_argument("--attacks", default="none,scale,sign_flip,nan,dropout=0.3",
+                        help="behaviours of attack.sites, or dropout=P (default: %(default)s)")
+    defend.add_argument("--rules", default="fedavg,fedavg+normcheck,fedmedian,fedtrimmedavg,krum,multikrum,bulyan,"
+                        "normbounded", help="aggregation rules; +normcheck turns the update norm check on "
+                        "(default: %(default)s)")
+    defend.add_argument("--output", "-o", type=Path, help="report folder (default: runs/NAME-defence)")
+    defend.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
     certs = commands.add_parser(
         "certs", help="create the federation's CA, the coordinator's TLS files and each site's key pair",
     )
@@ -117,6 +129,22 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _defend(args: argparse.Namespace, console: Console) -> int:
+    from medfed.config import load_config
+    from medfed.simulation.defence import parse_attacks, parse_rules, run_defence
+
+    attacks, rules = parse_attacks(args.attacks), parse_rules(args.rules)
+    cfg = load_config(args.config, args.overrides)
+    out = args.output or Path("runs") / f"{cfg.name}-defence"
+    rows = run_defence(cfg, attacks, rules, out, console)
+    for row in rows:
+        auc = "failed" if row["test_auc"] is None else f"{row['test_auc']:.3f}"
+        console.print(f"attack {row['attack']}, rule {row['rule']}: test AUC {auc}, "
+                      f"{row['updates_rejected']} update(s) rejected")
+    console.print(f"[bold green]finished[/] defence report: {out / 'defence.csv'}, {out / 'defence.png'}")
+    return 0
+
+
 def _certs(args: argparse.Namespace, console: Console) -> int:
     from medfed.server.credentials import create_credentials, parse_sites, print_placements
 
@@ -177,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return _simulate(args, console)
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "defend":
+            return _defend(args, console)
         if args.command == "certs":
             return _certs(args, console)
         if args.command == "site" and args.site_command == "check":

@@ -20,6 +20,7 @@ MODES = ("federated", "pooled", "local")
 TASKS = ("classification", "segmentation", "gan")
 SEGMENTATION_FORMATS = ("drive", "masks", "nifti", "dicom")
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
+ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "nan", "stale")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
 
@@ -131,6 +132,37 @@ class StrategyConfig:
     beta_2: float = 0.99
     tau: float = 1e-3
     trim_fraction: float = 0.2  # fedtrimmedavg: cut from each end
+    num_malicious: int = 1  # krum, multikrum, bulyan: how many Byzantine sites to tolerate (f)
+    krum_select: int | None = None  # multikrum: updates averaged (default: sites - f)
+    norm_bound: float | None = None  # normbounded: L2 bound of each update (default: the round's median)
+
+
+@dataclass
+class RobustnessConfig:
+    """Checks of every update before aggregation (names, shapes, dtypes and finiteness always)."""
+
+    norm_zscore: float | None = 3.5  # reject updates whose log-norm robust z-score exceeds this; null: off
+
+
+@dataclass
+class AttackConfig:
+    """Simulation only: sites that misbehave on purpose."""
+
+    behaviour: str = "none"  # none | sign_flip | scale | gaussian | label_flip | nan | stale
+    sites: list[int] = field(default_factory=list)  # indices of the malicious sites
+    scale: float = 50.0  # scale: factor applied to the update
+    noise_std: float = 0.1  # gaussian: standard deviation added to every weight
+    stale_rounds: int = 3  # stale: send the weights trained this many rounds earlier
+
+
+@dataclass
+class FaultsConfig:
+    """Simulation only: honest sites that fail, at random (reproducibly from the seed)."""
+
+    dropout: float = 0.0  # chance that a site does not answer a round
+    straggler: float = 0.0  # chance that a site answers late
+    straggler_delay: float = 5.0  # seconds a straggler waits before answering
+    crash: float = 0.0  # chance that a site's process is killed mid-round (after training, before answering)
 
 
 @dataclass
@@ -152,6 +184,7 @@ class PrivacyConfig:
 @dataclass
 class EvaluationConfig:
     every: int = 1  # rounds between evaluations of the global model on the test set (the last always)
+    membership_audit: bool = True  # classification: membership-inference attack on the final model
 
 
 @dataclass
@@ -182,6 +215,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -264,9 +300,41 @@ def validate(cfg: DictConfig) -> None:
     _check(s.min_sites >= 1, "strategy.min_sites", "must be >= 1")
     _check(s.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
     _check(0 <= s.trim_fraction < 0.5, "strategy.trim_fraction", "must be in [0, 0.5)")
+    _check(s.num_malicious >= 0, "strategy.num_malicious", "must be >= 0")
+    _check(s.krum_select is None or s.krum_select >= 1, "strategy.krum_select", "must be >= 1")
+    _check(s.norm_bound is None or s.norm_bound > 0, "strategy.norm_bound", "must be > 0")
+    z = cfg.robustness.norm_zscore
+    _check(z is None or z > 0, "robustness.norm_zscore", "must be > 0 (or null to turn the norm check off)")
     _check(cfg.simulation.threads_per_site >= 1, "simulation.threads_per_site", "must be >= 1")
     validate_task(cfg)
     validate_privacy(cfg)
+    validate_attack(cfg)
+
+
+def simulated_misbehaviour(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` asks for malicious or faulty sites (which only a simulation has)."""
+    f = cfg.faults
+    return cfg.attack.behaviour != "none" or f.dropout > 0 or f.straggler > 0 or f.crash > 0
+
+
+def validate_attack(cfg: DictConfig) -> None:
+    a, f = cfg.attack, cfg.faults
+    _check(a.behaviour in ATTACKS, "attack.behaviour", f"'{a.behaviour}' is not one of {', '.join(ATTACKS)}")
+    n = cfg.partition.num_sites
+    bad = [i for i in a.sites if not 0 <= i < n]
+    _check(not bad, "attack.sites", f"{bad} are not site indices (0 to {n - 1}, partition.num_sites)")
+    _check(a.behaviour == "none" or bool(a.sites), "attack.sites", f"list the sites that {a.behaviour}")
+    _check(a.scale != 0, "attack.scale", "must not be 0")
+    _check(a.noise_std > 0, "attack.noise_std", "must be > 0")
+    _check(a.stale_rounds >= 1, "attack.stale_rounds", "must be >= 1")
+    _check(0 <= f.dropout < 1, "faults.dropout", "must be in [0, 1)")
+    _check(0 <= f.straggler < 1, "faults.straggler", "must be in [0, 1)")
+    _check(0 <= f.crash < 1, "faults.crash", "must be in [0, 1)")
+    _check(f.straggler_delay >= 0, "faults.straggler_delay", "must be >= 0")
+    if simulated_misbehaviour(cfg):
+        _check(cfg.mode == "federated", "attack", "malicious and faulty sites are simulated in federated runs only")
+        _check(a.behaviour != "label_flip" or cfg.task == "classification", "attack.behaviour",
+               "label_flip needs a classification task")
 
 
 def validate_task(cfg: DictConfig) -> None:

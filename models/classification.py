@@ -63,7 +63,7 @@ def score_histogram(labels: np.ndarray, probs: np.ndarray) -> tuple[list[int], l
     Sites send these aggregate counts, not their scores, so that the server can choose
     the binary operating point on all sites' validation data together.
     """
-    scores = _log_odds(probs)
+    scores = _log_odds(finite_scores(probs)[0])
     positive = np.histogram(scores[labels == 1], bins=LOGIT_EDGES)[0]
     negative = np.histogram(scores[labels == 0], bins=LOGIT_EDGES)[0]
     return positive.astype(int).tolist(), negative.astype(int).tolist()
@@ -88,14 +88,33 @@ def operating_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(1.0 / (1.0 + np.exp(-edge)))
 
 
+def finite_scores(probs: np.ndarray) -> tuple[np.ndarray, float]:
+    """``probs`` with every non-finite score (a broken or poisoned model's output) set to
+    the uninformative 0.5, and the fraction of scores that were non-finite."""
+    bad = ~np.isfinite(probs)
+    if not bad.any():
+        return probs, 0.0
+    return np.where(bad, 0.5, probs), float(bad.mean())
+
+
 def metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Test metrics from true labels and predicted probabilities ``(N, classes)``.
 
     Binary predictions are positive from ``threshold`` on (the operating point chosen on
     validation data); multi-class predictions are the most likely class. AUC is NaN when
     the labels hold a single class (AUC is undefined there), as on a site whose
-    validation shard has only one class.
+    validation shard has only one class. Non-finite scores count as 0.5 (no information),
+    so a model that outputs only NaN scores an AUC of 0.5; ``non_finite_outputs`` says
+    which fraction of the scores were not finite, when any were.
     """
+    probs, non_finite = finite_scores(probs)
+    result = _metrics(kind, labels, probs, threshold)
+    if non_finite:
+        result["non_finite_outputs"] = non_finite
+    return result
+
+
+def _metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
     if kind == MULTILABEL:
         predicted = (probs >= 0.5).astype(int)
         present = [j for j in range(labels.shape[1]) if 0 < labels[:, j].sum() < len(labels)]

@@ -50,11 +50,14 @@ class StartOptions:
 
 
 def load_experiment(opts: StartOptions) -> DictConfig:
-    from medfed.config import load_config
+    from medfed.config import load_config, simulated_misbehaviour
 
     cfg = load_config(opts.config, opts.overrides)
     if cfg.mode != "federated":
         raise ConfigError(f"{opts.config}: a deployed run is federated; set mode: federated (not {cfg.mode})")
+    if simulated_misbehaviour(cfg):
+        raise ConfigError(f"{opts.config}: attack and faults are simulated by 'medfed simulate' only; "
+                          "remove them from a deployed run")
     from medfed.simulation.medmnist import data_dir
     from medfed.simulation.sources import load_experiment_data
 
@@ -227,6 +230,12 @@ def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, super
     from medfed.config import to_yaml
 
     nodes = {node: name for name, node in state["sites"].items()}
+    if opts.resume:
+        from medfed.server.deployed import FAILED_FILE
+
+        # the failure of an earlier attempt (a ServerApp that lost its SuperLink writes one) would
+        # end this attempt at once: follow_run reads it as this run's
+        (out / FAILED_FILE).unlink(missing_ok=True)
     app_dir = state_dir / "app"
     write_app(app_dir, cfg.name, to_yaml(cfg), out, format_site_nodes(nodes), opts.wait_for_sites, opts.resume)
     state["run_id"] = flwr_cli.submit_run(Path(state["flwr_home"]), app_dir)

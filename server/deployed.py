@@ -56,13 +56,16 @@ def wait_for_sites(grid: Grid, expected: int, patience: float, poll: float = 1.0
 
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
-    from medfed.server.outputs import RunOutputs, start_wandb
+    from medfed.server.outputs import CHECKPOINT, RunOutputs, start_wandb
     from medfed.server.plan import experiment_spec, round_plan
     from medfed.simulation.sources import load_experiment_data
 
     data = load_experiment_data(cfg)
     spec = experiment_spec(cfg, data)
     outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project, out.name, as_dict(cfg), out))
+    if resume and not outputs.path(CHECKPOINT).is_file():
+        # killed after logging its first round but before checkpointing it: that round is redone
+        outputs.keep_rounds_up_to(0)
     outputs.write_config(to_yaml(cfg))
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, show_progress=False)
     return plan, spec, data
@@ -72,6 +75,7 @@ def run_deployed(grid: Grid, run_config) -> dict:
     """Every round of the run described by ``run_config``; returns the summary."""
     from medfed.server.rounds import RoundFailed, run_rounds
     from medfed.server.site_names import NamedSites, parse_site_nodes
+    from medfed.server.update_checks import rejections
 
     started = time.perf_counter()
     if not run_config.get(OUTPUT_KEY):
@@ -100,7 +104,8 @@ def run_deployed(grid: Grid, run_config) -> dict:
         "sites": sites.table(), "rounds": cfg.train.rounds, "rounds_done": rows[-1]["round"],
         "strategy": cfg.strategy.name, "model": cfg.model.name, "test": rows[-1]["test"],
         "per_site": rows[-1]["global_model_at_sites"], "privacy": plan.privacy.block(),
-        "stopped_early": plan.stopped, "seconds": {"total": time.perf_counter() - started},
+        "stopped_early": plan.stopped, "updates_rejected": rejections(rows),
+        "seconds": {"total": time.perf_counter() - started},
     }
     plan.outputs.write_summary(summary)
     return summary

@@ -28,6 +28,7 @@ from medfed.privacy import BUDGET_EXHAUSTED
 from medfed.server.privacy import PrivacyLedger
 from medfed.models.classification import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint
+from medfed.server.update_checks import check_updates
 from medfed.server.outputs import CHECKPOINT, RunOutputs
 
 log = logging.getLogger("medfed.server")
@@ -49,10 +50,20 @@ class RoundPlan:
     outputs: RunOutputs
     fingerprint: str  # of the configuration, so a checkpoint is never resumed by another
     privacy: PrivacyLedger | None = None
+    norm_zscore: float | None = None  # update check: robust z-score limit of update norms
+    min_sites: int = 1  # fewer accepted updates than this fail the round
     timeout: float = 3600.0
     resume: bool = False
     show_progress: bool = True
     stopped: str | None = None  # why the run ended before its last round, if it did
+
+
+def reply_site(reply: Message) -> str:
+    """The site a reply comes from: its index when it sent metrics, else its node."""
+    if reply.has_error() or not reply.content.metric_records:
+        return f"node {reply.metadata.src_node_id}"
+    metrics = next(iter(reply.content.metric_records.values()))
+    return f"site-{int(metrics.get('site', -1)):03d}"
 
 
 def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str], int]:
@@ -61,12 +72,12 @@ def site_metrics(replies: list[Message]) -> tuple[dict[str, dict], list[str], in
     sites, failures, refusals = {}, [], 0
     for reply in replies:
         if reply.has_error():
-            failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+            failures.append(f"{reply_site(reply)}: {reply.error.reason.splitlines()[0]}")
             refusals += int(reply.error.code == BUDGET_EXHAUSTED)
             continue
         metrics = dict(next(iter(reply.content.metric_records.values())))
-        name = f"site-{int(metrics.pop('site', -1)):03d}"
-        sites[name] = metrics
+        metrics.pop("site", None)
+        sites[reply_site(reply)] = metrics
     return sites, failures, refusals
 
 
@@ -111,6 +122,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
         if plan.privacy is not None and kept:
             plan.privacy.restore(kept[-1].get("privacy"))
         log.info("resuming after round %d from %s", start_round, checkpoint)
+    layout = ArrayRecord(plan.initial_weights())  # what every update must look like
     if weights is None:
         weights = plan.initial_weights()
     arrays = ArrayRecord(weights)
@@ -137,15 +149,22 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             sites, failures, refusals = site_metrics(replies)
             for failure in failures:
                 log.warning("round %d: no update from %s", rnd, failure)
-            aggregated, train_metrics = plan.strategy.aggregate_train(rnd, replies)
+            replies, rejected = check_updates(replies, [reply_site(r) for r in replies], layout, arrays,
+                                              plan.norm_zscore)
+            for site, reason in rejected.items():
+                log.warning("round %d: update of %s rejected: %s", rnd, site, reason)
+            usable = sum(not r.has_error() for r in replies)
+            aggregated, train_metrics = (plan.strategy.aggregate_train(rnd, replies)
+                                         if usable >= plan.min_sites else (None, None))
             if aggregated is None and refusals:
                 plan.stopped = (f"round {rnd}: {refusals} site(s) refused for their privacy budget "
                                 f"and too few remain (strategy.min_sites)")
                 break
             if aggregated is None:
                 raise RoundFailed(
-                    f"round {rnd}: only {len(sites)} of {len(messages)} sites sent an update, "
+                    f"round {rnd}: only {usable} of {len(messages)} sites sent a usable update, "
                     f"too few to aggregate (strategy.min_sites); failures: {'; '.join(failures) or 'none'}"
+                    + "".join(f"; {site} rejected: {reason}" for site, reason in rejected.items())
                 )
             arrays = aggregated
             weights = arrays.to_torch_state_dict()
@@ -163,6 +182,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 "sites": sites,
                 "global_model_at_sites": evaluation,
                 "sites_failed": failures + eval_failures,
+                "updates_rejected": rejected,
                 "privacy": plan.privacy.block() if plan.privacy is not None else None,
                 "seconds": time.perf_counter() - started,
             }

@@ -26,7 +26,7 @@ from medfed.simulation.partition import SiteShard
 
 
 def example_losses(model: torch.nn.Module, data: LabelledImages, kind: str, device: torch.device) -> np.ndarray:
-    probs = training.predict(model, data.images, kind, device)
+    probs, _ = classification.finite_scores(training.predict(model, data.images, kind, device))
     if kind == classification.MULTILABEL:
         p = np.clip(probs, 1e-7, 1 - 1e-7)
         return -(data.labels * np.log(p) + (1 - data.labels) * np.log(1 - p)).mean(axis=1)

@@ -11,7 +11,10 @@ from omegaconf import DictConfig
 from medfed.client.app import make_client_app
 from medfed.client.site import SimulatedSites
 from medfed.server.app import ServerResult, make_server_app
+from medfed.config import simulated_misbehaviour
 from medfed.server.rounds import RoundPlan
+from medfed.simulation.adversary import Misbehaviour
+from medfed.simulation.worker_recovery import replace_dead_workers
 
 
 def backend_config(cfg: DictConfig) -> dict:
@@ -32,6 +35,8 @@ def simulate_federation(cfg: DictConfig, plan: RoundPlan, sites_root: str, num_s
     """Run every round of ``plan`` over ``num_sites`` virtual sites stored under ``sites_root``."""
     result = ServerResult()
     locate = SimulatedSites(sites_root, cfg.train.device, cfg.simulation.threads_per_site)
+    replace_dead_workers()
+    mods = (Misbehaviour.from_config(cfg),) if simulated_misbehaviour(cfg) else ()
     flwr_logger = logging.getLogger("flwr")
     if not logging.getLogger().isEnabledFor(logging.INFO):  # medfed --verbose shows them
         flwr_logger.setLevel(logging.ERROR)
@@ -40,7 +45,7 @@ def simulate_federation(cfg: DictConfig, plan: RoundPlan, sites_root: str, num_s
     try:
         run_simulation(
             server_app=make_server_app(plan, result),
-            client_app=make_client_app(locate),
+            client_app=make_client_app(locate, mods),
             num_supernodes=num_sites,
             backend_config=backend_config(cfg),
         )

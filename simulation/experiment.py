@@ -27,8 +27,10 @@ from medfed.models.spec import ModelSpec
 from medfed.server.examples import save_examples
 from medfed.server.plan import experiment_spec, round_plan, train_settings
 from medfed.server.rounds import RoundFailed
+from medfed.server.update_checks import rejections
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
+from medfed.simulation.adversary import flip_labels
 from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
@@ -82,6 +84,9 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     scanners = _apply_shift(sites, cfg)
     spec = experiment_spec(cfg, data)
     spec.build()  # an unknown model name fails here, before anything is written
+    if cfg.attack.behaviour == "label_flip":
+        for i in cfg.attack.sites:
+            sites[i].train = flip_labels(sites[i].train, spec.num_classes)
     if spec.dp_compatible:
         raw = replace(spec, dp_compatible=False).build()
         for layer, count in incompatible_layers(raw).items():
@@ -121,7 +126,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     if cfg.privacy.mechanism != "none":
         plot_privacy(outputs.rounds(), out / "epsilon.png")
     audit = None
-    if weights is not None and cfg.task == "classification":
+    if weights is not None and cfg.task == "classification" and cfg.evaluation.membership_audit:
         model = spec.build()
         model.load_state_dict(weights)
         device = resolve_device(cfg.train.device)
@@ -144,6 +149,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         "per_site": per_site,
         "privacy": {**privacy, "membership_inference": audit},
         "stopped_early": stopped,
+        "updates_rejected": rejections(outputs.rounds()),
         "seconds": {"setup": setup_seconds, "total": time.perf_counter() - started},
     }
     outputs.write_summary(summary)

@@ -1,4 +1,5 @@
-"""Aggregation rules by name: Flower's strategies, plus FedBN which Flower lacks."""
+"""Aggregation rules by name: Flower's strategies (robust ones included), plus FedBN and
+norm-bounded FedAvg, which Flower lacks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
+    Bulyan,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -14,6 +16,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedTrimmedAvg,
     FedYogi,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 from omegaconf import DictConfig
@@ -21,11 +25,13 @@ from omegaconf import DictConfig
 from medfed.errors import ConfigError
 from medfed.privacy import UNIT_WEIGHT
 from medfed.strategies.fedbn import FEDBN_FLAG, FedBN
+from medfed.strategies.norm_bounded import NormBoundedFedAvg
 
 STRATEGIES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
-    "fedtrimmedavg", "fedbn",
+    "fedtrimmedavg", "fedbn", "krum", "multikrum", "bulyan", "normbounded",
 )
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "normbounded")
 SITE_KEY = "site"  # every reply names its site; averaging it makes no sense
 
 
@@ -91,9 +97,31 @@ def _aggregation_rule(cfg: DictConfig, num_sites: int) -> Strategy:
         return FedMedian(**common)
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=s.trim_fraction, **common)
+    if name == "normbounded":
+        return NormBoundedFedAvg(norm_bound=s.norm_bound, **common)
+    if name in ("krum", "multikrum", "bulyan"):
+        return _byzantine_rule(name, s, max(int(num_sites * s.fraction_train), common["min_train_nodes"]), common)
     raise ConfigError(
         f"unknown strategy '{s.name}' (strategy.name): choose from {', '.join(STRATEGIES)}"
     )
+
+
+def _byzantine_rule(name: str, s: DictConfig, n: int, common: dict) -> Strategy:
+    """Krum, MultiKrum or Bulyan, refused when the ``n`` sites of a round (counted as Flower's
+    FedAvg samples them) cannot outvote f attackers."""
+    f = s.num_malicious
+    needed = 4 * f + 3 if name == "bulyan" else 2 * f + 3
+    if n < needed:
+        raise ConfigError(f"strategy.num_malicious: {name} with f={f} needs at least {needed} sites per "
+                          f"round, the federation samples {n}")
+    if name == "bulyan":
+        return Bulyan(num_malicious_nodes=f, **common)
+    if name == "krum":
+        return Krum(num_malicious_nodes=f, **common)
+    select = s.krum_select or n - f
+    if select > n:
+        raise ConfigError(f"strategy.krum_select: {select} is more than the {n} sites of a round")
+    return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=select, **common)
 
 
 __all__ = ["STRATEGIES", "FEDBN_FLAG", "FedBN", "build_strategy", "average_metrics"]
