@@ -72,3 +72,16 @@ def train_settings(**overrides):
 FAST = [
     "train.rounds=2", "partition.num_sites=3", "partition.scheme=iid", "logging.progress=false",
 ]
+
+
+def flower_message(content, kind: str = "train", src: int = 1, dst: int = 2):
+    """A Flower Message with full metadata, as the Grid delivers it (``content``: a
+    RecordDict, or an Error for a failed reply)."""
+    import time
+
+    from flwr.app import Message, Metadata
+
+    metadata = Metadata(run_id=1, message_id=f"m-{src}-{time.monotonic_ns()}", src_node_id=src, dst_node_id=dst,
+                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600,
+                        message_type=kind, src_task_id=1, dst_task_id=2)
+    return Message(content, metadata=metadata)
