@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from medfed.config import ATTACKS, validate  # noqa: E402
+from medfed.config import ATTACKS, to_yaml, validate  # noqa: E402
 from medfed.errors import ConfigError, MedfedError  # noqa: E402
+from medfed.server.outputs import CONFIG  # noqa: E402
 from medfed.simulation.experiment import run_experiment  # noqa: E402
 from medfed.strategies import STRATEGIES  # noqa: E402
 
@@ -74,6 +75,8 @@ def cell_config(cfg: DictConfig, attack: str, rule: str) -> DictConfig:
         run.attack.behaviour, run.faults.dropout = "none", _dropout(attack)
     else:
         run.attack.behaviour = attack
+    if run.attack.behaviour == "none":
+        run.attack.sites = []  # no one attacks: the same cell whichever sites the config marks
     run.strategy.name = rule.removesuffix(NORM_CHECK)
     if rule.endswith(NORM_CHECK):
         run.robustness.norm_zscore = cfg.robustness.norm_zscore or DEFAULT_ZSCORE
@@ -104,6 +107,8 @@ def run_defence(cfg: DictConfig, attacks: list[str], rules: list[str], out: Path
 def _cell(attack: str, rule: str, run_cfg: DictConfig, run_dir: Path, console: Console) -> dict:
     row = {"attack": attack, "rule": rule, "test_auc": None, "auc_drop": None, "updates_rejected": 0,
            "sites_failed": 0, "failed": "", "run": run_dir.name}
+    if (run_dir / CONFIG).is_file() and (run_dir / CONFIG).read_text() != to_yaml(run_cfg):
+        raise ConfigError(f"{run_dir} holds a run of another configuration: choose another --output")
     try:
         if (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
