@@ -133,6 +133,10 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
             started = time.monotonic()
             code = _supervise(args, env)  # returns only when flower-supernode ended on its own
             ran = time.monotonic() - started
+            # Flower exits 1 when its first activation fails, but 0 when it stops itself after the
+            # SuperLink refused its heartbeat, which only an activated SuperNode sends: it had
+            # connected, however briefly (a coordinator restarted soon after the site started).
+            connected = connected or code == 0
             if ran < MIN_UPTIME and not connected:
                 raise MedfedError(f"flower-supernode stopped at once (exit code {code}): {EARLY_EXIT_HINT}")
             if max_retries is not None or max_wait_time is not None:

@@ -17,6 +17,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from conftest import pneumonia_or_skip
+from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, synthetic_images, until
 from medfed.client.audit_log import FIELDS, read_audit_log, weights_digest
 from medfed.client.message_checks import (
     HISTOGRAM_BINS, MALFORMED_MESSAGE, REPLY_WITHHELD, ReplyWithheld, check_reply, model_layout,
@@ -38,42 +39,6 @@ ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.d
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, (n, 1))
-    images = (np.where(labels[:, :, None] == 1, 170, 60) + rng.integers(0, 40, (n, 28, 28))).astype(np.uint8)
-    return images, labels
-
-
-def _site_npz(path: Path, n_train: int = 24, n_val: int = 8, seed: int = 0) -> Path:
-    (ti, tl), (vi, vl) = _images(n_train, seed), _images(n_val, seed + 1)
-    np.savez(path, train_images=ti, train_labels=tl, val_images=vi, val_labels=vl)
-    return path
-
-
-def _site_yaml(folder: Path, creds: Path, name: str = "north", policy: str = "", address: str = "127.0.0.1:8000",
-               data: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        _site_npz(folder / "data.npz", seed=len(name))
-        data = "{format: npz, path: data.npz}"
-    path = folder / "SITE.yaml"
-    path.write_text(f"""\
-name: {name}
-data: {data}
-device: cpu
-state_dir: state
-coordinator:
-  address: {address}
-  ca_cert: {creds / 'ca.crt'}
-  private_key: {creds / f'{name}.key'}
-policy:
-  tasks: [classification]
-  models: [cnn]
-{policy}""")
-    return path
-
-
 @pytest.fixture
 def creds(tmp_path) -> Path:
     out = tmp_path / "creds"
@@ -83,7 +48,7 @@ def creds(tmp_path) -> Path:
 
 @pytest.fixture
 def site(tmp_path, creds) -> Path:
-    return _site_yaml(tmp_path / "north", creds)
+    return site_yaml(tmp_path / "north", creds)
 
 
 def _round(*overrides: str, rnd: int = 1):
@@ -102,8 +67,8 @@ def _message(config: dict, arrays: ArrayRecord, kind: str = MessageType.TRAIN, r
     return Message(content, metadata=metadata)
 
 
-def _context(site_yaml: Path) -> Context:
-    return Context(run_id=11, node_id=2, node_config={"site-config": str(site_yaml)}, state=RecordDict(),
+def _context(site_file: Path) -> Context:
+    return Context(run_id=11, node_id=2, node_config={"site-config": str(site_file)}, state=RecordDict(),
                    run_config={})
 
 
@@ -111,8 +76,8 @@ def _must_not_run(msg, ctxt):
     raise AssertionError("the ClientApp ran a message the site should have refused")
 
 
-def _control(site_yaml: Path) -> SiteControl:
-    return SiteControl(load_site_config(site_yaml))
+def _control(site_file: Path) -> SiteControl:
+    return SiteControl(load_site_config(site_file))
 
 
 # ---- policy --------------------------------------------------------------------------------
@@ -138,7 +103,7 @@ def test_policy_refuses_a_forbidden_model_or_task_before_building_it(site, overr
     ("  require_dp: true\n", ["privacy.mechanism=client", "privacy.noise_multiplier=1"], ["'client'", "require_dp"]),
 ])
 def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, policy, overrides, words):
-    site = _site_yaml(tmp_path / "north", creds, policy=policy)
+    site = site_yaml(tmp_path / "north", creds, policy=policy)
     config, arrays, _ = _round(*overrides)
     reply = _control(site)(_message(config, arrays), _context(site), _must_not_run)
     assert reply.error.code == POLICY_REFUSED
@@ -151,7 +116,7 @@ def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
     from medfed.client.deployed import app
     from medfed.client.privacy import SiteAccountant
 
-    site = _site_yaml(tmp_path / "north", creds, policy="  max_epsilon: 5.0\n")
+    site = site_yaml(tmp_path / "north", creds, policy="  max_epsilon: 5.0\n")
     spent = SiteAccountant(tmp_path / "north" / "state", "rdp")
     spent.save([(0.6, 1 / 3, 400)])
     assert spent.epsilon(1e-3) > 5.0
@@ -292,7 +257,7 @@ class LoopbackGrid:
 
 @pytest.fixture
 def coordinator_data(tmp_path) -> Path:
-    (ti, tl), (vi, vl), (si, sl) = _images(32, 5), _images(8, 6), _images(24, 7)
+    (ti, tl), (vi, vl), (si, sl) = synthetic_images(32, 5), synthetic_images(8, 6), synthetic_images(24, 7)
     folder = tmp_path / "coordinator"
     folder.mkdir()
     np.savez(folder / "pneumoniamnist.npz", train_images=ti, train_labels=tl, val_images=vi, val_labels=vl,
@@ -317,8 +282,8 @@ def test_deployed_server_app_runs_its_rounds_and_names_sites_by_their_keys(tmp_p
 
     for key, value in (("_run_id", 11), ("_node_id", 1), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, key, value)
-    grid = LoopbackGrid({101: _site_yaml(tmp_path / "south", creds, "south"),
-                         102: _site_yaml(tmp_path / "north", creds, "north")})
+    grid = LoopbackGrid({101: site_yaml(tmp_path / "south", creds, "south"),
+                         102: site_yaml(tmp_path / "north", creds, "north")})
     summary = run_deployed(grid, _run_config(tmp_path, coordinator_data))
     assert summary["mode"] == "deployed" and summary["rounds_done"] == 1 and "auc" in summary["test"]
     assert summary["sites"] == {"site-000": "north", "site-001": "south"}
@@ -335,8 +300,8 @@ def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, 
 
     for key, value in (("_run_id", 11), ("_node_id", 1), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, key, value)
-    grid = LoopbackGrid({101: _site_yaml(tmp_path / "south", creds, "south"),
-                         102: _site_yaml(tmp_path / "north", creds, "north")})
+    grid = LoopbackGrid({101: site_yaml(tmp_path / "south", creds, "south"),
+                         102: site_yaml(tmp_path / "north", creds, "north")})
     with pytest.raises(RoundFailed, match="refused by the site's policy: model 'resnet18'"):
         run_deployed(grid, _run_config(tmp_path, coordinator_data, ["model.name=resnet18"]))
     assert "north: refused" in json.loads((tmp_path / "run" / FAILED_FILE).read_text())["error"]
@@ -369,22 +334,22 @@ def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
 
 
 def test_site_start_stops_with_a_clear_message_on_bad_settings(cli, capsys, tmp_path, creds):
-    wrong = _site_yaml(tmp_path / "a", creds, address="coordinator.invalid:8000")
+    wrong = site_yaml(tmp_path / "a", creds, address="coordinator.invalid:8000")
     assert cli("site", "start", wrong) == 2
     assert "coordinator.address: cannot resolve 'coordinator.invalid'" in capsys.readouterr().err
 
-    missing = _site_yaml(tmp_path / "b", creds, data="{format: folder, path: scans}")
+    missing = site_yaml(tmp_path / "b", creds, data="{format: folder, path: scans}")
     assert cli("site", "start", missing) == 2
     err = capsys.readouterr().err
     assert "data.path" in err and "folder not found" in err and str(missing) in err
 
     other = tmp_path / "other"  # a coordinator whose certificate comes from another federation
     create_credentials(other, "localhost", [], ["north"])
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _TLS_SERVER, str(other), str(port)])
     try:
         _wait_for_port(port)
-        foreign = _site_yaml(tmp_path / "c", creds, address=f"127.0.0.1:{port}")
+        foreign = site_yaml(tmp_path / "c", creds, address=f"127.0.0.1:{port}")
         assert cli("site", "start", foreign) == 2
         assert "cannot trust" in capsys.readouterr().err
     finally:
@@ -433,102 +398,6 @@ def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tm
 # ---- end to end: a SuperLink and three SuperNodes as separate processes ---------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _shards(source: Path, sites: list[str], out: Path) -> Path:
-    """Small per-site shards of PneumoniaMNIST, and the coordinator's own test slice."""
-    data = np.load(source)
-    rng = np.random.default_rng(0)
-    train, val = rng.permutation(len(data["train_labels"])), rng.permutation(len(data["val_labels"]))
-    for i, name in enumerate(sites):
-        t, v = train[i * 48:(i + 1) * 48], val[i * 12:(i + 1) * 12]
-        (out / name).mkdir(parents=True)
-        np.savez(out / name / "data.npz", train_images=data["train_images"][t], train_labels=data["train_labels"][t],
-                 val_images=data["val_images"][v], val_labels=data["val_labels"][v])
-    coordinator = out / "coordinator"
-    coordinator.mkdir()
-    np.savez(coordinator / "pneumoniamnist.npz", train_images=data["train_images"][:64],
-             train_labels=data["train_labels"][:64], val_images=data["val_images"][:16],
-             val_labels=data["val_labels"][:16], test_images=data["test_images"][:64],
-             test_labels=data["test_labels"][:64])
-    return coordinator
-
-
-class Procs:
-    """The processes the test starts, and every descendant seen, all ended at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.popen: dict[str, subprocess.Popen] = {}
-        self.seen: dict[int, processes.Tracked] = {}
-        self.env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FLWR_DISABLE_UPDATE_CHECK="1",
-                        FLWR_TELEMETRY_ENABLED="0")
-
-    def start(self, name: str, *args) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (closed by the child's end)
-        self.popen[name] = subprocess.Popen([sys.executable, "-m", "medfed.cli", *map(str, args)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        log.close()
-        self.snapshot()
-        return self.popen[name]
-
-    def output(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text(errors="replace")
-
-    def snapshot(self) -> None:
-        for proc in self.popen.values():
-            if proc.poll() is None:
-                try:
-                    for member in processes.tree(processes.track(proc.pid, "test")):
-                        self.seen.setdefault(member.pid, member)
-                except ProcessLookupError:
-                    pass
-
-    def kill(self, name: str) -> None:
-        """Kill a site abruptly: its medfed process, its SuperNode and their helpers."""
-        members = processes.tree(processes.track(self.popen[name].pid, name))
-        for member in members:
-            self.seen.setdefault(member.pid, member)
-            os.kill(member.pid, signal.SIGKILL)
-        self.popen[name].wait(10)
-
-    def wait(self, name: str, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.popen[name].poll() is None and time.monotonic() < deadline:
-            self.snapshot()
-            time.sleep(1)
-        if self.popen[name].poll() is None:
-            raise AssertionError(f"{name} still running after {timeout:.0f} s:\n{self.output(name)[-3000:]}")
-        return self.popen[name].returncode
-
-    def left_running(self) -> list[processes.Tracked]:
-        return [p for p in self.seen.values() if processes.alive(p)]
-
-    def end_all(self) -> None:
-        for proc in self.popen.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        processes.stop(list(self.seen.values()), grace=5)
-        for proc in self.popen.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _until(condition, timeout: float, what: str, procs: Procs) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{procs.output('server')[-3000:]}")
-        procs.snapshot()
-        time.sleep(0.5)
-
-
 @pytest.mark.deployment
 def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
     source = pneumonia_or_skip()
@@ -539,31 +408,22 @@ def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
     keys.mkdir()
     for name in sites:
         (keys / f"{name}.pub").write_bytes((creds / f"{name}.pub").read_bytes())
-    coordinator = _shards(source, [*sites, "rogue"], tmp_path)
-    port = _free_port()
+    coordinator = shards(source, [*sites, "rogue"], tmp_path)
+    port = free_port()
     for name in [*sites, "rogue"]:
-        _site_yaml(tmp_path / name, creds, name, address=f"127.0.0.1:{port}")
-    config = tmp_path / "experiment.yaml"
-    config.write_text(f"""\
-name: loopback
-seed: 3
-data: {{dataset: pneumoniamnist, root: {coordinator}}}
-model: {{name: cnn}}
-train: {{rounds: 2, local_steps: 1, batch_size: 16, device: cpu, amp: false}}
-strategy: {{min_sites: 2, timeout: 40}}
-logging: {{progress: false}}
-""")
+        site_yaml(tmp_path / name, creds, name, address=f"127.0.0.1:{port}")
+    config = experiment_yaml(tmp_path / "experiment.yaml", "loopback", coordinator, rounds=2)
     state, out = tmp_path / "coordinator-state", tmp_path / "run"
     procs = Procs(tmp_path)
     try:
         procs.start("server", "server", "start", config, "--certs", creds, "--sites-keys", keys, "--port", port,
                     "--state", state, "--output", out, "--wait-for-sites", 90)
         state_file = state / "state.json"
-        _until(lambda: state_file.is_file() and len(json.loads(state_file.read_text())["sites"]) == 3, 90,
-               "the sites' registration", procs)
+        until(lambda: state_file.is_file() and len(json.loads(state_file.read_text())["sites"]) == 3, 90,
+              "the sites' registration", procs)
         superlink = processes.Tracked(**json.loads(state_file.read_text())["processes"]["superlink"])
         for name in [*sites, "rogue"]:
-            procs.start(name, "site", "start", tmp_path / name / "SITE.yaml", "--runtime-port", _free_port())
+            procs.start(name, "site", "start", tmp_path / name / "SITE.yaml", "--runtime-port", free_port())
 
         assert procs.wait("rogue", 90) == 2  # an unregistered key is turned away
         assert "Failed to activate SuperNode" in procs.output("rogue")
@@ -574,8 +434,8 @@ logging: {{progress: false}}
         assert status.returncode == 0, status.stderr
         assert all(name in status.stderr for name in sites) and "run " in status.stderr
 
-        _until(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip(), 150,
-               "round 1", procs)
+        until(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip(), 150,
+              "round 1", procs)
         procs.kill("east")  # a site dies as round 2 starts
         assert procs.wait("server", 150) == 0, procs.output("server")[-3000:]
 

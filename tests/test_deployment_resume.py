@@ -1,0 +1,73 @@
+"""A coordinator killed mid-run and started again with --resume finishes the same run,
+while the sites' daemons keep running and rejoin the new SuperLink."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from conftest import pneumonia_or_skip
+from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, until
+from medfed.client.audit_log import read_audit_log
+from medfed.server import processes
+
+
+@pytest.mark.deployment
+def test_a_killed_coordinator_resumes_its_run_and_the_sites_rejoin(tmp_path, cli):
+    source = pneumonia_or_skip()
+    sites = ["north", "south"]
+    creds = tmp_path / "creds"
+    assert cli("certs", "--out", creds, "--coordinator-host", "localhost", "--sites", ",".join(sites)) == 0
+    coordinator = shards(source, sites, tmp_path)
+    port = free_port()
+    for name in sites:
+        site_yaml(tmp_path / name, creds, name, address=f"127.0.0.1:{port}")
+    config = experiment_yaml(tmp_path / "experiment.yaml", "resume", coordinator, rounds=3)
+    state, out = tmp_path / "coordinator-state", tmp_path / "run"
+    metrics, state_file = out / "metrics.jsonl", state / "state.json"
+
+    def rounds() -> list[int]:
+        return [json.loads(line)["round"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+
+    def start_server(*extra) -> None:  # both starts log to server.log
+        procs.start("server", "server", "start", config, "--certs", creds, "--port", port, "--state", state,
+                    "--output", out, "--wait-for-sites", 120, *extra)
+
+    procs = Procs(tmp_path)
+    try:
+        start_server()
+        until(lambda: state_file.is_file() and len(json.loads(state_file.read_text())["sites"]) == 2, 90,
+              "the sites' registration", procs)
+        first = processes.Tracked(**json.loads(state_file.read_text())["processes"]["superlink"])
+        for name in sites:
+            procs.start(name, "site", "start", tmp_path / name / "SITE.yaml", "--runtime-port", free_port())
+        # the checkpoint follows the round's line: from then on the run can resume after round 1
+        until(lambda: rounds() == [1] and (out / "checkpoints" / "last.pt").is_file(), 240, "round 1", procs)
+
+        procs.kill("server")  # the coordinator's machine dies: SIGKILL to medfed, the SuperLink and its helpers
+        assert not processes.alive(first) and rounds() == [1]
+        assert not (out / "summary.json").exists()
+        round_1 = metrics.read_text().splitlines()[0]
+
+        start_server("--resume")  # same port, state and run folder; the sites were not touched
+        assert procs.wait("server", 400) == 0, procs.output("server")[-4000:]
+
+        assert rounds() == [1, 2, 3] and metrics.read_text().splitlines()[0] == round_1
+        trained = [e["round"] for e in read_audit_log(tmp_path / "north" / "state" / "audit.log")
+                   if e["direction"] == "in" and e["kind"] == "train"]
+        assert trained.count(1) == 1 and {2, 3} <= set(trained)  # round 1 came from the checkpoint
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rounds_done"] == 3 and "auc" in summary["test"]
+        assert summary["sites"] == {"site-000": "north", "site-001": "south"}
+        for name in sites:
+            # the same daemon: its SuperNode, refused by the new SuperLink, was started again
+            assert procs.popen[name].poll() is None, f"{name} stopped:\n{procs.output(name)[-3000:]}"
+            assert "starting it again" in procs.output(name)
+            procs.popen[name].send_signal(signal.SIGTERM)
+            assert procs.wait(name, 30) == 0
+    finally:
+        procs.end_all()
+    assert procs.left_running() == []
+    assert not state_file.exists()
