@@ -56,16 +56,13 @@ def wait_for_sites(grid: Grid, expected: int, patience: float, poll: float = 1.0
 
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
-    from medfed.server.outputs import CHECKPOINT, RunOutputs, start_wandb
+    from medfed.server.outputs import RunOutputs, start_wandb
     from medfed.server.plan import experiment_spec, round_plan
     from medfed.simulation.sources import load_experiment_data
 
     data = load_experiment_data(cfg)
     spec = experiment_spec(cfg, data)
     outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project, out.name, as_dict(cfg), out))
-    if resume and not outputs.path(CHECKPOINT).is_file():
-        # killed after logging its first round but before checkpointing it: that round is redone
-        outputs.keep_rounds_up_to(0)
     outputs.write_config(to_yaml(cfg))
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, show_progress=False)
     return plan, spec, data

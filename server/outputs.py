@@ -56,7 +56,9 @@ class RunOutputs:
         file = self.path(METRICS)
         if not file.is_file():
             return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        # a line without its newline was cut short by a kill: that round is redone on resume
+        *complete, _torn = file.read_text().split("\n")
+        return [json.loads(line) for line in complete if line.strip()]
 
     def keep_rounds_up_to(self, last_round: int) -> None:
         """On resume, forget lines of rounds after the checkpoint (they will be redone)."""

@@ -117,7 +117,9 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
     checkpoint = plan.outputs.path(CHECKPOINT)
     if plan.resume and checkpoint.is_file():
         start_round, weights = load_checkpoint(checkpoint, plan.strategy, plan.fingerprint)
-        plan.outputs.keep_rounds_up_to(start_round)
+    # rounds logged after the checkpoint (killed between the two writes) are redone
+    plan.outputs.keep_rounds_up_to(start_round)
+    if start_round:
         kept = plan.outputs.rounds()
         if plan.privacy is not None and kept:
             plan.privacy.restore(kept[-1].get("privacy"))

@@ -31,3 +31,16 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     save_checkpoint(path, 1, {"w": torch.zeros(2)}, FedAdam(), "abc")
     with pytest.raises(CheckpointError, match="different configuration"):
         load_checkpoint(path, FedAdam(), "xyz")
+
+
+def test_a_round_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from medfed.server.outputs import METRICS, RunOutputs
+
+    outputs = RunOutputs(tmp_path)
+    outputs.log_round({"round": 1, "test": {"auc": 0.7}})
+    outputs.log_round({"round": 2, "test": {"auc": 0.8}})
+    with outputs.path(METRICS).open("a") as f:
+        f.write('{"round": 3, "test": {"au')  # the process died while writing round 3
+    assert [r["round"] for r in outputs.rounds()] == [1, 2]
+    outputs.keep_rounds_up_to(1)
+    assert outputs.path(METRICS).read_text() == '{"round": 1, "test": {"auc": 0.7}}\n'
