@@ -104,14 +104,12 @@ def metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float =
     validation data); multi-class predictions are the most likely class. AUC is NaN when
     the labels hold a single class (AUC is undefined there), as on a site whose
     validation shard has only one class. Non-finite scores count as 0.5 (no information),
-    so a model that outputs only NaN scores an AUC of 0.5; ``non_finite_outputs`` says
-    which fraction of the scores were not finite, when any were.
+    so a model that outputs only NaN scores an AUC of 0.5; ``non_finite_outputs`` is the
+    fraction of scores that were not finite (always present: the sites' metric records
+    must share their keys for Flower to aggregate them).
     """
     probs, non_finite = finite_scores(probs)
-    result = _metrics(kind, labels, probs, threshold)
-    if non_finite:
-        result["non_finite_outputs"] = non_finite
-    return result
+    return {**_metrics(kind, labels, probs, threshold), "non_finite_outputs": non_finite}
 
 
 def _metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:

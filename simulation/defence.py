@@ -26,7 +26,7 @@ from rich.console import Console  # noqa: E402
 
 from medfed.config import ATTACKS, to_yaml, validate  # noqa: E402
 from medfed.errors import ConfigError, MedfedError  # noqa: E402
-from medfed.server.outputs import CONFIG  # noqa: E402
+from medfed.server.outputs import CONFIG, RunOutputs  # noqa: E402
 from medfed.simulation.experiment import run_experiment  # noqa: E402
 from medfed.strategies import STRATEGIES  # noqa: E402
 
@@ -115,12 +115,18 @@ def _cell(attack: str, rule: str, run_cfg: DictConfig, run_dir: Path, console: C
         else:
             summary = run_experiment(run_cfg, run_dir, resume=(run_dir / "config.yaml").is_file(), console=console)
     except MedfedError as exc:
-        console.print(f"[yellow]defence:[/] attack {attack}, rule {rule} failed: {exc}", soft_wrap=True)
         row["failed"] = str(exc)
-        return row
-    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    row.update(test_auc=summary["test"].get("auc"), updates_rejected=len(summary.get("updates_rejected") or []),
-               sites_failed=sum(len(r.get("sites_failed") or []) for r in rounds))
+    except Exception as exc:  # an attack may break a run in ways no check foresaw: record it, go on
+        row["failed"] = f"{type(exc).__name__}: {exc}"
+    rounds = RunOutputs(run_dir).rounds()
+    if row["failed"]:
+        console.print(f"[yellow]defence:[/] attack {attack}, rule {rule} failed: {row['failed']}", soft_wrap=True)
+        # the test AUC of its last finished round, if any: how far it had fallen when it stopped
+        row.update(test_auc=rounds[-1]["test"].get("auc") if rounds else None,
+                   updates_rejected=sum(len(r.get("updates_rejected") or {}) for r in rounds))
+    else:
+        row.update(test_auc=summary["test"].get("auc"), updates_rejected=len(summary.get("updates_rejected") or []))
+    row["sites_failed"] = sum(len(r.get("sites_failed") or []) for r in rounds)
     return row
 
 
