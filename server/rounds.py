@@ -111,6 +111,22 @@ def headline(test: dict[str, float]) -> str:
     return ""
 
 
+def _collect_updates(grid: Grid, plan: RoundPlan, messages: list[Message], rnd: int, layout: ArrayRecord,
+                     current: ArrayRecord) -> tuple[list[Message], dict[str, dict], list[str], int, dict[str, str]]:
+    """Send the round's training messages; return the replies fit to aggregate, each
+    site's metrics, the failures, how many were budget refusals, and the rejected updates."""
+    # replies arrive in any order; aggregating them by site keeps runs bit-for-bit repeatable
+    replies = sorted(grid.send_and_receive(messages, timeout=plan.timeout), key=_site_order)
+    sites, failures, refusals = site_metrics(replies)
+    for failure in failures:
+        log.warning("round %d: no update from %s", rnd, failure)
+    replies, rejected = check_updates(replies, [reply_site(r) for r in replies], layout, current,
+                                      plan.norm_zscore)
+    for site, reason in rejected.items():
+        log.warning("round %d: update of %s rejected: %s", rnd, site, reason)
+    return replies, sites, failures, refusals, rejected
+
+
 def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Run the remaining rounds; return the final global weights and the round lines."""
     start_round, weights = 0, None
@@ -146,15 +162,8 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             except PrivacyBudgetExhausted as exc:
                 plan.stopped = f"round {rnd}: {exc}"
                 break
-            # replies arrive in any order; aggregating them by site keeps runs bit-for-bit repeatable
-            replies = sorted(grid.send_and_receive(messages, timeout=plan.timeout), key=_site_order)
-            sites, failures, refusals = site_metrics(replies)
-            for failure in failures:
-                log.warning("round %d: no update from %s", rnd, failure)
-            replies, rejected = check_updates(replies, [reply_site(r) for r in replies], layout, arrays,
-                                              plan.norm_zscore)
-            for site, reason in rejected.items():
-                log.warning("round %d: update of %s rejected: %s", rnd, site, reason)
+            replies, sites, failures, refusals, rejected = _collect_updates(
+                grid, plan, messages, rnd, layout, arrays)
             usable = sum(not r.has_error() for r in replies)
             aggregated, train_metrics = (plan.strategy.aggregate_train(rnd, replies)
                                          if usable >= plan.min_sites else (None, None))
