@@ -89,7 +89,7 @@ def check_updates(replies: Sequence[Message], sites: Sequence[str], layout: Arra
         problem = layout_problem(update, layout)
         if problem:
             rejected[site] = problem
-        else:
+        elif norm_zscore is not None:
             norms[site] = update_norm(update, reference)
     if norm_zscore is not None:
         rejected.update(norm_outliers(norms, norm_zscore))
