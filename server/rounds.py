@@ -118,6 +118,9 @@ def _collect_updates(grid: Grid, plan: RoundPlan, messages: list[Message], rnd: 
     # replies arrive in any order; aggregating them by site keeps runs bit-for-bit repeatable
     replies = sorted(grid.send_and_receive(messages, timeout=plan.timeout), key=_site_order)
     sites, failures, refusals = site_metrics(replies)
+    if len(replies) < len(messages):  # silent sites: gone, or slower than the timeout
+        failures.append(f"{len(messages) - len(replies)} site(s): no reply within strategy.timeout "
+                        f"({plan.timeout:g} s)")
     for failure in failures:
         log.warning("round %d: no update from %s", rnd, failure)
     replies, rejected = check_updates(replies, [reply_site(r) for r in replies], layout, current,
