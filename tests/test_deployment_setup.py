@@ -128,24 +128,14 @@ def _write_cert(path: Path, cert) -> Path:
     return path
 
 
-def test_check_certificate_rejects_an_expired_certificate(creds, tmp_path):
+@pytest.mark.parametrize("issued_days_from_now, words", [(-400, "expired on"), (10, "not valid before")])
+def test_check_certificate_rejects_a_certificate_outside_its_validity(creds, tmp_path, issued_days_from_now, words):
     ca_key = serialization.load_pem_private_key((creds / "ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((creds / "ca.crt").read_bytes())
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=400)
-    _, old = credentials.make_server_cert(ca_key, ca, "fl.example.org", [], days=30, now=past)
-    path = _write_cert(tmp_path / "old.pem", old)
-    with pytest.raises(MedfedError, match="expired on") as err:
-        check_certificate(path, creds / "ca.crt")
-    assert str(path) in str(err.value)
-
-
-def test_check_certificate_rejects_a_certificate_not_yet_valid(creds, tmp_path):
-    ca_key = serialization.load_pem_private_key((creds / "ca.key").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((creds / "ca.crt").read_bytes())
-    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=10)
-    _, early = credentials.make_server_cert(ca_key, ca, "fl.example.org", [], days=30, now=future)
-    path = _write_cert(tmp_path / "early.pem", early)
-    with pytest.raises(MedfedError, match="not valid before") as err:
+    issued = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=issued_days_from_now)
+    _, cert = credentials.make_server_cert(ca_key, ca, "fl.example.org", [], days=30, now=issued)
+    path = _write_cert(tmp_path / "server.pem", cert)
+    with pytest.raises(MedfedError, match=words) as err:
         check_certificate(path, creds / "ca.crt")
     assert str(path) in str(err.value)
 
