@@ -4,6 +4,10 @@ Both steps train the model the DP run trains (BatchNorm replaced by GroupNorm), 
 ratio measures what privacy costs: per-sample gradients, clipping and noise.
 
     python benchmarks/dp_step_time.py [--model cnn] [--batch 64] [--size 28] [--steps 30] [--threads 1]
+                                      [--conv-sampler medfed|opacus]
+
+Convolutions take medfed's per-sample gradients (client/conv_grad_sampler.py) unless
+``--conv-sampler opacus`` puts Opacus' own back, to compare the two.
 
 A simulated site trains with ``simulation.threads_per_site`` torch threads (1 by
 default), so ``--threads 1`` measures the step as the DP configs run it.
@@ -16,29 +20,45 @@ import statistics
 import time
 
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.client.privacy import make_private_model
 from medfed.models import build_model
 
 
-def time_steps(model, optimizer, loader, steps: int) -> float:
-    loss_fn = torch.nn.CrossEntropyLoss()
-    times, it = [], iter(loader)
-    for i in range(steps + 5):
+class Stepper:
+    """Trains ``model`` one batch at a time, cycling through ``loader``."""
+
+    def __init__(self, model, optimizer, loader) -> None:
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.batches = iter(loader)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def timed_step(self) -> float:
         try:
-            x, y = next(it)
+            x, y = next(self.batches)
         except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
+            self.batches = iter(self.loader)
+            x, y = next(self.batches)
         started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        if i >= 5:  # warm-up steps are not counted
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(x), y).backward()
+        self.optimizer.step()
+        return time.perf_counter() - started
+
+
+def interleaved_medians(plain: Stepper, private: Stepper, steps: int, block: int = 5):
+    """Median step times, measured in alternating blocks so that a machine slowing down
+    or speeding up during the benchmark weighs on both alike."""
+    for _ in range(3):  # warm-up, not counted
+        plain.timed_step(), private.timed_step()
+    plain_times, private_times = [], []
+    while len(plain_times) < steps:
+        plain_times += [plain.timed_step() for _ in range(block)]
+        private_times += [private.timed_step() for _ in range(block)]
+    return statistics.median(plain_times), statistics.median(private_times)
 
 
 def main() -> None:
@@ -46,10 +66,13 @@ def main() -> None:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--mode", default="hooks", help="Opacus grad_sample_mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--conv-sampler", choices=("medfed", "opacus"), default="medfed")
     args = parser.parse_args()
+    if args.conv_sampler == "opacus":
+        GradSampleModule.GRAD_SAMPLERS[torch.nn.Conv2d] = compute_conv_grad_sample
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,8 +80,8 @@ def main() -> None:
     data = TensorDataset(torch.rand(n, 1, args.size, args.size), torch.randint(0, 2, (n,)))
 
     plain = make_private_model(build_model(args.model, 1, 2, args.size))
-    plain_time = time_steps(plain, torch.optim.Adam(plain.parameters(), 1e-3),
-                            DataLoader(data, batch_size=args.batch, shuffle=True), args.steps)
+    plain_stepper = Stepper(plain, torch.optim.Adam(plain.parameters(), 1e-3),
+                            DataLoader(data, batch_size=args.batch, shuffle=True))
 
     private = make_private_model(build_model(args.model, 1, 2, args.size))
     model, optimizer, loader = PrivacyEngine().make_private(
@@ -66,9 +89,9 @@ def main() -> None:
         data_loader=DataLoader(data, batch_size=args.batch), noise_multiplier=1.0,
         max_grad_norm=1.0, grad_sample_mode=args.mode,
     )
-    dp_time = time_steps(model, optimizer, loader, args.steps)
+    plain_time, dp_time = interleaved_medians(plain_stepper, Stepper(model, optimizer, loader), args.steps)
     print(f"model {args.model}, batch {args.batch}, {args.size}px, {torch.get_num_threads()} threads, "
-          f"Opacus grad_sample_mode={args.mode}")
+          f"Opacus grad_sample_mode={args.mode}, {args.conv_sampler} conv per-sample gradients")
     print(f"non-DP step: {plain_time * 1000:.1f} ms   DP-SGD step: {dp_time * 1000:.1f} ms   "
           f"ratio: {dp_time / plain_time:.2f}")
 
