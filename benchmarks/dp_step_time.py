@@ -4,10 +4,11 @@ Both steps train the model the DP run trains (BatchNorm replaced by GroupNorm), 
 ratio measures what privacy costs: per-sample gradients, clipping and noise.
 
     python benchmarks/dp_step_time.py [--model cnn] [--batch 64] [--size 28] [--steps 30] [--threads 1]
-                                      [--conv-sampler medfed|opacus]
+                                      [--conv-sampler medfed|opacus] [--default-allocator]
 
 Convolutions take medfed's per-sample gradients (client/conv_grad_sampler.py) unless
-``--conv-sampler opacus`` puts Opacus' own back, to compare the two.
+``--conv-sampler opacus`` puts Opacus' own back, to compare the two. Like a site's DP
+round, the process keeps freed memory (client/allocator.py) unless ``--default-allocator``.
 
 A simulated site trains with ``simulation.threads_per_site`` torch threads (1 by
 default), so ``--threads 1`` measures the step as the DP configs run it.
@@ -24,6 +25,7 @@ from opacus import GradSampleModule, PrivacyEngine
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch.utils.data import DataLoader, TensorDataset
 
+from medfed.client.allocator import keep_freed_memory
 from medfed.client.privacy import make_private_model
 from medfed.models import build_model
 
@@ -70,9 +72,14 @@ def main() -> None:
     parser.add_argument("--mode", default="hooks", help="Opacus grad_sample_mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--conv-sampler", choices=("medfed", "opacus"), default="medfed")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc returning freed memory to the kernel (sites keep it under DP)")
     args = parser.parse_args()
+    if not args.default_allocator:
+        keep_freed_memory()  # as a site's DP-SGD round does
     if args.conv_sampler == "opacus":
-        GradSampleModule.GRAD_SAMPLERS[torch.nn.Conv2d] = compute_conv_grad_sample
+        for conv in (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d):
+            GradSampleModule.GRAD_SAMPLERS[conv] = compute_conv_grad_sample
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -91,7 +98,8 @@ def main() -> None:
     )
     plain_time, dp_time = interleaved_medians(plain_stepper, Stepper(model, optimizer, loader), args.steps)
     print(f"model {args.model}, batch {args.batch}, {args.size}px, {torch.get_num_threads()} threads, "
-          f"Opacus grad_sample_mode={args.mode}, {args.conv_sampler} conv per-sample gradients")
+          f"Opacus grad_sample_mode={args.mode}, {args.conv_sampler} conv per-sample gradients, "
+          f"{'default' if args.default_allocator else 'freed memory kept'} allocator")
     print(f"non-DP step: {plain_time * 1000:.1f} ms   DP-SGD step: {dp_time * 1000:.1f} ms   "
           f"ratio: {dp_time / plain_time:.2f}")
 

@@ -29,10 +29,10 @@ from medfed.client.privacy import (
     DPSettings,
     SiteAccountant,
     noise_for,
+    site_engine,
     steps_per_round,
 )
 from medfed.models.gan import ConditionalGAN, to_signed
-from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -97,8 +97,7 @@ def _train_private(
     model.to(device).train()
     dataset = TensorDataset(training.to_tensor(data.images), torch.from_numpy(data.labels).long())
     loader = DataLoader(dataset, batch_size=s.batch_size, generator=rng)
-    engine = PrivacyEngine(accountant=dp.accountant)
-    engine.accountant.history = list(accountant.history)
+    engine = site_engine(dp, accountant)
     private_d, opt_d, private_loader = engine.make_private(
         module=model.discriminator, optimizer=_adam(model.discriminator, s), data_loader=loader,
         noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.client import conv_grad_sampler  # noqa: F401  (registers faster conv per-sample gradients with Opacus)
 from medfed.client import training
+from medfed.client.allocator import keep_freed_memory
 from medfed.client.datasets import LabelledImages
 from medfed.errors import ConfigError
 from medfed.models import classification
@@ -159,8 +160,7 @@ def train_private(
     model.to(device).train()
     dataset = TensorDataset(training.to_tensor(data.images), torch.from_numpy(data.labels))
     loader = DataLoader(dataset, batch_size=s.batch_size, generator=generator)
-    engine = PrivacyEngine(accountant=dp.accountant)
-    engine.accountant.history = list(accountant.history)
+    engine = site_engine(dp, accountant)
     private_model, optimizer, private_loader = engine.make_private(
         module=model, optimizer=training.make_optimizer(model, s), data_loader=loader,
         noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
@@ -194,6 +194,14 @@ def train_private(
     accountant.save(engine.accountant.history)
     return {"train_loss": total_loss / max(seen, 1), "num-examples": len(data), "steps": taken,
             **privacy_spent(accountant, dp, noise, sample_rate)}
+
+
+def site_engine(dp: DPSettings, accountant: SiteAccountant) -> PrivacyEngine:
+    """An Opacus engine whose accountant goes on from the site's history."""
+    keep_freed_memory()  # per-sample gradients: big blocks every step
+    engine = PrivacyEngine(accountant=dp.accountant)
+    engine.accountant.history = list(accountant.history)
+    return engine
 
 
 def check_budget(dp: DPSettings, accountant: SiteAccountant, noise: float, sample_rate: float,

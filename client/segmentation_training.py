@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, RandCropByPosNegLabel, RandFlip, RandRotate90
-from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medfed.client import training
 from medfed.client.privacy import (
-    DPSettings, SiteAccountant, check_budget, noise_for, privacy_spent, steps_per_round,
+    DPSettings, SiteAccountant, check_budget, noise_for, privacy_spent, site_engine, steps_per_round,
 )
 from medfed.client.segmentation_data import SegmentationImages
 from medfed.models import segmentation
@@ -86,8 +85,7 @@ def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: tr
     generator = training.seed_everything(s.seed)
     patches = Patches(data, s.patch_size, generator)
     loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
-    engine = PrivacyEngine(accountant=dp.accountant)
-    engine.accountant.history = list(accountant.history)
+    engine = site_engine(dp, accountant)
     model.to(device).train()
     private_model, optimizer, private_loader = engine.make_private(
         module=model, optimizer=training.make_optimizer(model, s), data_loader=loader,
