@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, RandCropByPosNegLabel, RandFlip, RandRotate90
+from monai.transforms.utils import map_binary_to_indices
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,12 +29,16 @@ PATCH_OVERLAP = 0.25
 
 class Patches(Dataset):
     """Item ``i``: one random ``(C, *patch)`` patch of image ``i`` and its ``(1, *patch)``
-    label map, with a random flip and rotation. Images are normalised once, here."""
+    label map, with a random flip and rotation. Images are normalised, and their
+    foreground and background pixels listed, once, here: listing them at every draw took
+    longer than the training step itself."""
 
     def __init__(self, data: SegmentationImages, patch: int, generator: torch.Generator) -> None:
         self.images = [torch.from_numpy(segmentation.normalise(im, fov)) for im, fov in zip(data.images, data.fov)]
-        self.labels = [torch.from_numpy(m.astype(np.int64))[None] for m in data.masks]
         self.patch = (patch,) * data.spatial_dims
+        self.images = [_pad_to(im, self.patch) for im in self.images]
+        self.labels = [_pad_to(torch.from_numpy(m.astype(np.int64))[None], self.patch) for m in data.masks]
+        self.pixels = [map_binary_to_indices(label > 0) for label in self.labels]  # (foreground, background)
         self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.draws = 0
         axes = (0, 1) if data.spatial_dims == 2 else (1, 2)
@@ -45,11 +50,12 @@ class Patches(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.draws += 1
         rng = np.random.RandomState((self.seed + self.draws) % 2**32)
-        image, label = _pad_to(self.images[i], self.patch), _pad_to(self.labels[i], self.patch)
-        crop = RandCropByPosNegLabel(self.patch, label, pos=1, neg=1, num_samples=1, allow_smaller=True)
+        foreground, background = self.pixels[i]
+        crop = RandCropByPosNegLabel(self.patch, pos=1, neg=1, num_samples=1, allow_smaller=True)
         crop.set_random_state(state=rng)
-        stacked = torch.cat([image, label.float()])
-        patch = crop(stacked)[0]
+        image = crop(self.images[i], self.labels[i], fg_indices=foreground, bg_indices=background)[0]
+        label = crop(self.labels[i], randomize=False)[0]  # the same window
+        patch = torch.cat([torch.as_tensor(image), torch.as_tensor(label).float()])
         self.augment.set_random_state(state=rng)
         patch = torch.as_tensor(self.augment(patch))
         return patch[:-1].contiguous(), patch[-1:].round().long()

@@ -187,6 +187,7 @@ class PrivacyConfig:
 class EvaluationConfig:
     every: int = 1  # rounds between evaluations of the global model on the test set (the last always)
     membership_audit: bool = True  # classification: membership-inference attack on the final model
+    audit_canaries: int = 0  # classification, simulation: mislabelled members planted for the audit (as many withdrawn)
 
 
 @dataclass
@@ -352,6 +353,9 @@ def validate_task(cfg: DictConfig) -> None:
     _check(g.latent_dim >= 1 and g.samples_per_class >= 1 and g.tstr_epochs >= 1,
            "gan", "latent_dim, samples_per_class and tstr_epochs must be >= 1")
     _check(cfg.evaluation.every >= 1, "evaluation.every", "must be >= 1")
+    _check(cfg.evaluation.audit_canaries >= 0, "evaluation.audit_canaries", "must be >= 0")
+    _check(cfg.evaluation.audit_canaries == 0 or (cfg.task == "classification" and cfg.evaluation.membership_audit),
+           "evaluation.audit_canaries", "needs task classification and evaluation.membership_audit: true")
     if cfg.task != "segmentation":
         return
     seg = cfg.data.segmentation

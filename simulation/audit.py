@@ -33,7 +33,7 @@ def example_losses(model: torch.nn.Module, data: LabelledImages, kind: str, devi
     return -np.log(np.clip(probs[np.arange(len(data)), data.labels], 1e-12, 1.0))
 
 
-def _score(attack: str, member_scores: np.ndarray, outsider_scores: np.ndarray, rng) -> dict:
+def score_attack(attack: str, member_scores: np.ndarray, outsider_scores: np.ndarray, rng) -> dict:
     """AUC and TPR at 1% FPR with as many members as non-members (higher: member)."""
     n = min(len(member_scores), len(outsider_scores))
     member_scores = rng.choice(member_scores, n, replace=False)
@@ -61,7 +61,7 @@ def membership_attack(model: torch.nn.Module, sites: list[SiteShard], kind: str,
     outsiders = LabelledImages.concat([s.val for s in sites])
     member_loss = example_losses(model, members, kind, device)
     outsider_loss = example_losses(model, outsiders, kind, device)
-    result = _score("loss-threshold", -member_loss, -outsider_loss, rng)
+    result = score_attack("loss-threshold", -member_loss, -outsider_loss, rng)
     if reference is None or train_reference is None or test is None:
         return result
     order = rng.permutation(len(outsiders))
@@ -71,5 +71,6 @@ def membership_attack(model: torch.nn.Module, sites: list[SiteShard], kind: str,
     calibrated_members = example_losses(reference, members, kind, device) - member_loss
     calibrated_outsiders = (example_losses(reference, outsiders.subset(audited), kind, device)
                             - outsider_loss[audited])
-    result["calibrated"] = _score("reference-calibrated loss", calibrated_members, calibrated_outsiders, rng)
+    result["calibrated"] = score_attack("reference-calibrated loss", calibrated_members, calibrated_outsiders,
+                                        rng)
     return result

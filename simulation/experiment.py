@@ -30,6 +30,7 @@ from medfed.server.rounds import RoundFailed
 from medfed.server.update_checks import rejections
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
+from medfed.simulation.canaries import canary_attack, plant_canaries
 from medfed.simulation.adversary import flip_labels
 from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
@@ -80,13 +81,15 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         raise ConfigError("privacy.mechanism applies to federated runs: set mode=federated or privacy.mechanism=none")
     data = load_experiment_data(cfg)
     sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
-    check_site_privacy(cfg, [len(s.train) for s in sites])
     scanners = _apply_shift(sites, cfg)
     spec = experiment_spec(cfg, data)
     spec.build()  # an unknown model name fails here, before anything is written
     if cfg.attack.behaviour == "label_flip":
         for i in cfg.attack.sites:
             sites[i].train = flip_labels(sites[i].train, spec.num_classes)
+    canaries = (plant_canaries(sites, cfg.evaluation.audit_canaries, spec.num_classes, cfg.seed)
+                if cfg.evaluation.audit_canaries else None)
+    check_site_privacy(cfg, [len(s.train) for s in sites])
     if spec.dp_compatible:
         raw = replace(spec, dp_compatible=False).build()
         for layer, count in incompatible_layers(raw).items():
@@ -132,6 +135,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         device = resolve_device(cfg.train.device)
         audit = membership_attack(model, sites, spec.label_kind, device, cfg.seed, reference=spec.build(),
                                   train_reference=_reference_trainer(cfg, spec, device), test=data.test)
+        if canaries is not None:
+            audit["canaries"] = canary_attack(model, canaries, spec.label_kind, device, cfg.seed)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
         save_examples(cfg, spec, weights, data.test, out)

@@ -45,11 +45,13 @@ def test_wrong_type_is_named():
         ("train.device=tpu", "train.device"),
         ("data.val_fraction=1.5", "data.val_fraction"),
         ("shift.strength=2", "shift.strength"),
+        ("evaluation.audit_canaries=-1", "evaluation.audit_canaries"),
+        ("evaluation.membership_audit=false evaluation.audit_canaries=10", "evaluation.audit_canaries"),
     ],
 )
 def test_bad_values_are_rejected(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_override_without_equals_sign():

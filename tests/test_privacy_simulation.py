@@ -19,7 +19,8 @@ def _summary(run):
 def test_sample_level_dp_with_fedprox_reports_every_site(cli, capsys, tmp_path, small_pneumonia):
     run = tmp_path / "run"
     assert cli("simulate", CONFIG, *ARGS, "strategy.name=fedprox", "strategy.proximal_mu=0.1",
-               "privacy.target_epsilon=4", "--output", run, data_dir=small_pneumonia) == 0
+               "privacy.target_epsilon=4", "evaluation.audit_canaries=5", "--output", run,
+               data_dir=small_pneumonia) == 0
     assert "ModuleValidator replaced 5 BatchNorm2d" in capsys.readouterr().err
     privacy = _summary(run)["privacy"]
     assert privacy["mechanism"].startswith("sample-level")
@@ -28,6 +29,8 @@ def test_sample_level_dp_with_fedprox_reports_every_site(cli, capsys, tmp_path, 
         assert 0 < site["epsilon"] <= 4.0 and site["noise-multiplier"] > 0 and site["delta"] == 1e-5
     assert privacy["epsilon"] == max(s["epsilon"] for s in privacy["sites"].values())
     assert 0 <= privacy["membership_inference"]["auc"] <= 1
+    canaries = privacy["membership_inference"]["canaries"]
+    assert canaries["members"] == canaries["non_members"] == 5 and 0 <= canaries["auc"] <= 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["privacy"]["epsilon"] < rows[1]["privacy"]["epsilon"]  # spending grows per round
     assert (run / "epsilon.png").is_file()
