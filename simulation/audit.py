@@ -33,17 +33,25 @@ def example_losses(model: torch.nn.Module, data: LabelledImages, kind: str, devi
     return -np.log(np.clip(probs[np.arange(len(data)), data.labels], 1e-12, 1.0))
 
 
+BOOTSTRAP_SAMPLES = 1000
+
+
 def score_attack(attack: str, member_scores: np.ndarray, outsider_scores: np.ndarray, rng) -> dict:
-    """AUC and TPR at 1% FPR with as many members as non-members (higher: member)."""
+    """AUC, its 95% bootstrap interval, and TPR at 1% FPR, with as many members as
+    non-members (higher score: member). With a few hundred examples an AUC is uncertain
+    by several hundredths; the interval says whether it differs from chance."""
     n = min(len(member_scores), len(outsider_scores))
     member_scores = rng.choice(member_scores, n, replace=False)
     outsider_scores = rng.choice(outsider_scores, n, replace=False)
     truth = np.concatenate([np.ones(n), np.zeros(n)])
     score = np.concatenate([member_scores, outsider_scores])
     fpr, tpr, _ = roc_curve(truth, score)
+    resampled = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, 2, n))  # members and non-members apart
+    aucs = [roc_auc_score(truth, np.concatenate([member_scores[m], outsider_scores[o]])) for m, o in resampled]
     return {
         "attack": attack,
         "auc": float(roc_auc_score(truth, score)),
+        "auc_ci95": [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))],
         "tpr_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
         "members": int(n),
         "non_members": int(n),

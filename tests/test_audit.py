@@ -39,3 +39,16 @@ def test_attacks_find_the_members_of_a_memorising_model():
     assert seen == [40 + 24]  # test set + half of the non-members; the other half is audited
     assert calibrated["non_members"] == 24
     assert calibrated["auc"] == 0.5
+
+
+def test_attack_auc_comes_with_a_bootstrap_interval():
+    from medfed.simulation.audit import score_attack
+
+    rng = np.random.default_rng(0)
+    separated = score_attack("x", rng.normal(1.0, 1, 300), rng.normal(0, 1, 300), rng)
+    low, high = separated["auc_ci95"]
+    assert low < separated["auc"] < high and low > 0.7  # clearly not chance
+    chance = score_attack("x", rng.normal(0, 1, 300), rng.normal(0, 1, 300), rng)
+    assert chance["auc_ci95"][0] < 0.5 < chance["auc_ci95"][1]
+    wide = score_attack("x", rng.normal(0, 1, 30), rng.normal(0, 1, 30), rng)["auc_ci95"]
+    assert wide[1] - wide[0] > chance["auc_ci95"][1] - chance["auc_ci95"][0]
