@@ -24,7 +24,7 @@ from medfed.simulation.experiment import run_experiment  # noqa: E402
 
 COLUMNS = ("target_epsilon", "epsilon_spent", "test_auc", "test_accuracy", "attack_auc",
            "attack_tpr_at_1pct_fpr", "calibrated_attack_auc", "calibrated_attack_tpr_at_1pct_fpr",
-           "stopped_early", "run")
+           "canary_attack_auc", "canary_attack_tpr_at_1pct_fpr", "stopped_early", "run")
 
 
 def parse_targets(text: str) -> list[float | None]:
@@ -72,6 +72,8 @@ def run_sweep(cfg: DictConfig, targets: list[float | None], out: Path, console: 
             "attack_tpr_at_1pct_fpr": attack.get("tpr_at_1pct_fpr"),
             "calibrated_attack_auc": attack.get("calibrated", {}).get("auc"),
             "calibrated_attack_tpr_at_1pct_fpr": attack.get("calibrated", {}).get("tpr_at_1pct_fpr"),
+            "canary_attack_auc": attack.get("canaries", {}).get("auc"),
+            "canary_attack_tpr_at_1pct_fpr": attack.get("canaries", {}).get("tpr_at_1pct_fpr"),
             "stopped_early": summary.get("stopped_early") or "",
             "run": run_dir.name,
         })

@@ -80,13 +80,15 @@ def test_delta_must_stay_below_one_over_n(cli, capsys, tmp_path, small_pneumonia
 @pytest.mark.slow
 def test_sweep_writes_one_row_per_target(cli, tmp_path, small_pneumonia):
     out = tmp_path / "sweep"
-    assert cli("sweep", CONFIG, *ARGS, "train.rounds=1", "--epsilons", "none,4", "--output", out,
-               data_dir=small_pneumonia) == 0
+    assert cli("sweep", CONFIG, *ARGS, "train.rounds=1", "evaluation.audit_canaries=4", "--epsilons", "none,4",
+               "--output", out, data_dir=small_pneumonia) == 0
     lines = (out / "sweep.csv").read_text().splitlines()
     assert lines[0].startswith("target_epsilon,epsilon_spent,test_auc")
     rows = [line.split(",") for line in lines[1:]]
     assert [r[0] for r in rows] == ["", "4.0"]
     assert rows[0][1] == "" and 0 < float(rows[1][1]) <= 4.0
+    canary_auc = lines[0].split(",").index("canary_attack_auc")
+    assert all(0 <= float(r[canary_auc]) <= 1 for r in rows)
     assert (out / "privacy_utility.png").is_file()
     assert (out / "epsilon-none" / "summary.json").is_file() and (out / "epsilon-4" / "summary.json").is_file()
 
