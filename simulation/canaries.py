@@ -27,6 +27,13 @@ from medfed.simulation.partition import SiteShard
 class Canaries:
     members: LabelledImages  # trained on, with their wrong labels
     outsiders: LabelledImages  # withdrawn before training, wrong labels too
+    planted: list[np.ndarray]  # per site, the members' positions in its training set
+
+    def without_members(self, sites: list[SiteShard]) -> list[SiteShard]:
+        """The sites with their planted canaries left out: the ordinary members, for the
+        attacks on ordinary images, which a mislabelled canary would skew."""
+        return [SiteShard(site.name, site.train.subset(np.setdiff1d(np.arange(len(site.train)), planted)),
+                          site.val) for site, planted in zip(sites, self.planted)]
 
 
 def wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,7 +57,7 @@ def plant_canaries(sites: list[SiteShard], count: int, num_classes: int, seed: i
     drawn = rng.choice(len(owner), 2 * count, replace=False)
     is_member = np.zeros(2 * count, bool)
     is_member[:count] = True
-    members, outsiders = [], []
+    members, outsiders, positions = [], [], []
     for i, site in enumerate(sites):
         mine = owner[drawn] == i
         planted, withdrawn = position[drawn[mine & is_member]], position[drawn[mine & ~is_member]]
@@ -62,7 +69,8 @@ def plant_canaries(sites: list[SiteShard], count: int, num_classes: int, seed: i
                                         wrong_labels(train.labels[withdrawn], num_classes, rng)))
         keep = np.setdiff1d(np.arange(len(train)), withdrawn)
         site.train = LabelledImages(train.images, labels, train.sites).subset(keep)
-    return Canaries(LabelledImages.concat(members), LabelledImages.concat(outsiders))
+        positions.append(np.searchsorted(keep, planted))
+    return Canaries(LabelledImages.concat(members), LabelledImages.concat(outsiders), positions)
 
 
 def canary_attack(model: torch.nn.Module, canaries: Canaries, kind: str, device: torch.device,

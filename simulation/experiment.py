@@ -133,7 +133,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         model = spec.build()
         model.load_state_dict(weights)
         device = resolve_device(cfg.train.device)
-        audit = membership_attack(model, sites, spec.label_kind, device, cfg.seed, reference=spec.build(),
+        ordinary = canaries.without_members(sites) if canaries is not None else sites
+        audit = membership_attack(model, ordinary, spec.label_kind, device, cfg.seed, reference=spec.build(),
                                   train_reference=_reference_trainer(cfg, spec, device), test=data.test)
         if canaries is not None:
             audit["canaries"] = canary_attack(model, canaries, spec.label_kind, device, cfg.seed)

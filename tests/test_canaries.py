@@ -37,6 +37,10 @@ def test_members_stay_relabelled_and_outsiders_are_withdrawn():
     for image, label in zip(canaries.outsiders.images, canaries.outsiders.labels):
         site, index = int(image[0, 1, 0]), int(image[0, 0, 0])
         assert (site, index) not in trained and label != before[site][index]
+    ordinary = canaries.without_members(sites)
+    assert sum(len(s.train) for s in ordinary) == 120 - 30
+    member_keys = {(int(im[0, 1, 0]), int(im[0, 0, 0])) for im in canaries.members.images}
+    assert not member_keys & {(int(im[0, 1, 0]), int(im[0, 0, 0])) for s in ordinary for im in s.train.images}
     again = _sites([40, 80])
     assert np.array_equal(plant_canaries(again, 15, 2, seed=3).members.images, canaries.members.images)
 
