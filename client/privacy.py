@@ -23,7 +23,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medfed.client import conv_grad_sampler  # noqa: F401  (registers faster conv per-sample gradients with Opacus)
+from medfed.client import conv_grad_sampler  # noqa: F401  (registers itself with Opacus)
 from medfed.client import training
 from medfed.client.allocator import keep_freed_memory
 from medfed.client.datasets import LabelledImages

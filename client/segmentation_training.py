@@ -34,9 +34,9 @@ class Patches(Dataset):
     longer than the training step itself."""
 
     def __init__(self, data: SegmentationImages, patch: int, generator: torch.Generator) -> None:
-        self.images = [torch.from_numpy(segmentation.normalise(im, fov)) for im, fov in zip(data.images, data.fov)]
         self.patch = (patch,) * data.spatial_dims
-        self.images = [_pad_to(im, self.patch) for im in self.images]
+        self.images = [_pad_to(torch.from_numpy(segmentation.normalise(im, fov)), self.patch)
+                       for im, fov in zip(data.images, data.fov)]
         self.labels = [_pad_to(torch.from_numpy(m.astype(np.int64))[None], self.patch) for m in data.masks]
         self.pixels = [map_binary_to_indices(label > 0) for label in self.labels]  # (foreground, background)
         self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
