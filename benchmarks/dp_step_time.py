@@ -3,7 +3,7 @@
 Both steps train the model the DP run trains (BatchNorm replaced by GroupNorm), so the
 ratio measures what privacy costs: per-sample gradients, clipping and noise.
 
-    python benchmarks/dp_step_time.py [--model cnn] [--batch 64] [--size 28] [--steps 30] [--threads 1]
+    python benchmarks/dp_step_time.py [--model cnn] [--batch 64] [--size 28] [--steps 40] [--threads 1]
                                       [--conv-sampler medfed|opacus] [--default-allocator]
 
 Convolutions take medfed's per-sample gradients (client/conv_grad_sampler.py) unless
