@@ -52,6 +52,7 @@ def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
         seed=int(config["seed"]) * 100_003 + int(config["server-round"]) * 1_009 + site.index,
         task=spec.task,
         patch_size=spec.image_size,
+        contrast=spec.contrast,
     )
 
 

@@ -33,9 +33,10 @@ class Patches(Dataset):
     foreground and background pixels listed, once, here: listing them at every draw took
     longer than the training step itself."""
 
-    def __init__(self, data: SegmentationImages, patch: int, generator: torch.Generator) -> None:
+    def __init__(self, data: SegmentationImages, patch: int, generator: torch.Generator,
+                 contrast: str = "none") -> None:
         self.patch = (patch,) * data.spatial_dims
-        self.images = [_pad_to(torch.from_numpy(segmentation.normalise(im, fov)), self.patch)
+        self.images = [_pad_to(torch.from_numpy(segmentation.normalise(im, fov, contrast)), self.patch)
                        for im, fov in zip(data.images, data.fov)]
         self.labels = [_pad_to(torch.from_numpy(m.astype(np.int64))[None], self.patch) for m in data.masks]
         self.pixels = [map_binary_to_indices(label > 0) for label in self.labels]  # (foreground, background)
@@ -74,7 +75,7 @@ def train_segmentation(model: nn.Module, data: SegmentationImages, s: training.T
     """Train in place on random patches (``s.steps`` batches, or ``s.epochs`` passes of one
     patch per image); return the mean loss and counts."""
     generator = training.seed_everything(s.seed)
-    patches = Patches(data, s.patch_size, generator)
+    patches = Patches(data, s.patch_size, generator, s.contrast)
     loader = DataLoader(patches, batch_size=s.batch_size, sampler=torch.utils.data.RandomSampler(
         patches, replacement=True, num_samples=s.batch_size, generator=generator))
     _, steps = steps_per_round(len(data), s)
@@ -89,7 +90,7 @@ def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: tr
     noise = noise_for(dp, sample_rate, steps)
     check_budget(dp, accountant, noise, sample_rate, steps)
     generator = training.seed_everything(s.seed)
-    patches = Patches(data, s.patch_size, generator)
+    patches = Patches(data, s.patch_size, generator, s.contrast)
     loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
     engine = site_engine(dp, accountant)
     model.to(device).train()
@@ -131,13 +132,13 @@ def _fit(model: nn.Module, loader: DataLoader, optimizer, s: training.TrainSetti
 
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, fov: np.ndarray | None, patch: int,
-            device: torch.device) -> np.ndarray:
+            device: torch.device, contrast: str = "none") -> np.ndarray:
     """Class probabilities ``(K, *spatial)`` of one whole image: a sliding window of the
     training patch size (normalisation statistics then match training), averaged over
     the image and its mirror images along each axis (test-time mirroring, as nnU-Net
     does: the network was trained on flipped patches too)."""
     model.to(device).eval()
-    x = torch.from_numpy(segmentation.normalise(image, fov))[None].to(device)
+    x = torch.from_numpy(segmentation.normalise(image, fov, contrast))[None].to(device)
     spatial = tuple(range(2, x.ndim))
     total = 0.0
     for axes in [()] + [(a,) for a in spatial]:
@@ -150,8 +151,8 @@ def predict(model: nn.Module, image: np.ndarray, fov: np.ndarray | None, patch: 
 
 
 def evaluate_segmentation(model: nn.Module, data: SegmentationImages, patch: int,
-                          device: torch.device) -> dict[str, float]:
+                          device: torch.device, contrast: str = "none") -> dict[str, float]:
     """Mean Dice, IoU, HD95 and pixel AUC over ``data``'s whole images."""
-    per_image = [segmentation.metrics(mask, predict(model, image, fov, patch, device), fov)
+    per_image = [segmentation.metrics(mask, predict(model, image, fov, patch, device, contrast), fov)
                  for image, mask, fov in zip(data.images, data.masks, data.fov)]
     return segmentation.summarise(per_image)

@@ -39,7 +39,7 @@ def local_evaluate(model: nn.Module, data, s: training.TrainSettings, device: to
     if s.task == SEGMENTATION:
         from medfed.client.segmentation_training import evaluate_segmentation
 
-        return evaluate_segmentation(model, data, inference_window(s.patch_size), device)
+        return evaluate_segmentation(model, data, inference_window(s.patch_size), device, s.contrast)
     if s.task == GAN:
         return {}
     return training.evaluate(model, data, s.kind, device)

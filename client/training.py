@@ -38,6 +38,7 @@ class TrainSettings:
     seed: int = 0
     task: str = "classification"  # classification, segmentation or gan
     patch_size: int = 64  # segmentation: training patches of this size (pixels per side)
+    contrast: str = "none"  # segmentation: local contrast equalisation before normalising
 
 
 def resolve_device(name: str) -> torch.device:

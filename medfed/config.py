@@ -18,6 +18,7 @@ from medfed.errors import ConfigError
 
 MODES = ("federated", "pooled", "local")
 TASKS = ("classification", "segmentation", "gan")
+CONTRASTS = ("none", "clahe")  # data.segmentation.contrast
 SEGMENTATION_FORMATS = ("drive", "masks", "nifti", "dicom")
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "nan", "stale")
@@ -56,6 +57,7 @@ class SegmentationDataConfig:
     test: SegmentationSource = field(default_factory=lambda: SegmentationSource(split="test"))
     sites: list[SegmentationSource] = field(default_factory=list)  # natural multi-site: one per hospital
     patch_size: int = 64  # training patches and inference windows (pixels per side)
+    contrast: str = "none"  # none | clahe: equalise each channel's local contrast before normalising
     overlays: int = 4  # test images saved as image / truth / prediction PNGs
 
 
@@ -288,6 +290,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= cfg.shift.strength <= 1, "shift.strength", "must be between 0 and 1")
     d = cfg.data
     _check(0 < d.val_fraction < 1, "data.val_fraction", "must be between 0 and 1")
+    _check(d.segmentation.contrast in CONTRASTS, "data.segmentation.contrast", f"is one of {', '.join(CONTRASTS)}")
     _check(d.size in (28, 64, 128, 224), "data.size", "MedMNIST sizes are 28, 64, 128, 224")
     t = cfg.train
     _check(t.rounds >= 1, "train.rounds", "must be >= 1")

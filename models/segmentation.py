@@ -50,16 +50,28 @@ def loss_function() -> nn.Module:
     return DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
 
 
-def normalise(image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+def normalise(image: np.ndarray, fov: np.ndarray | None, contrast: str = "none") -> np.ndarray:
     """``(*spatial, C)`` raw intensities to channels-first, zero mean and unit variance per
     channel inside the field of view (zero outside): cameras and scanners differ in
-    brightness and gain, and this removes most of that before the network sees it."""
+    brightness and gain, and this removes most of that before the network sees it.
+    ``contrast="clahe"`` first equalises each channel's local contrast (scikit-image's
+    CLAHE), the usual preparation of fundus photographs, whose thin vessels are faint."""
     x = np.moveaxis(image.astype(np.float32), -1, 0)
+    if contrast == "clahe":
+        x = np.stack([_clahe(channel) for channel in x])
     inside = np.ones(x.shape[1:], bool) if fov is None else fov
     values = x[:, inside]
     x = (x - values.mean(axis=1).reshape(-1, *[1] * inside.ndim)) / (
         values.std(axis=1).reshape(-1, *[1] * inside.ndim) + 1e-6)
     return np.where(inside, x, 0.0).astype(np.float32)
+
+
+def _clahe(channel: np.ndarray) -> np.ndarray:
+    from skimage.exposure import equalize_adapthist  # imported only when asked for
+
+    low, high = float(channel.min()), float(channel.max())
+    scaled = (channel - low) / (high - low) if high > low else np.zeros_like(channel)
+    return equalize_adapthist(scaled, clip_limit=0.01).astype(np.float32)
 
 
 def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None) -> dict[str, float]:

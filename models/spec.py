@@ -30,6 +30,7 @@ class ModelSpec:
     spatial_dims: int = 2  # segmentation: 2D or 3D networks
     norm: str = "instance"  # segmentation: instance or group normalisation
     latent_dim: int = 64  # gan: noise size
+    contrast: str = "none"  # segmentation: "clahe" equalises local contrast before normalising
 
     def build(self) -> torch.nn.Module:
         model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout,

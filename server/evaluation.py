@@ -46,7 +46,7 @@ def _scorer(cfg, spec: ModelSpec, test, train_pool, out, device):
         from medfed.client.segmentation_training import evaluate_segmentation
 
         return lambda model, threshold, rnd: evaluate_segmentation(
-            model, test, inference_window(spec.image_size), device)
+            model, test, inference_window(spec.image_size), device, spec.contrast)
     if spec.task == GAN:
         from medfed.server.synthesis import SynthesisJudge
 

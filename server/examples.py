@@ -43,7 +43,7 @@ def save_overlays(spec: ModelSpec, weights, test, folder: Path, count: int, devi
     written = []
     for i in range(min(count, len(test))):
         image, truth, fov = test.images[i], test.masks[i], test.fov[i]
-        probs = predict(model, image, fov, inference_window(spec.image_size), dev)
+        probs = predict(model, image, fov, inference_window(spec.image_size), dev, spec.contrast)
         if image.ndim == 4:  # a volume: show its middle slice
             middle = image.shape[0] // 2
             image, truth, probs = image[middle], truth[middle], probs[:, middle]

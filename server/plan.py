@@ -33,6 +33,7 @@ def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int
         dp_compatible=dp_compatible, task=cfg.task,
         spatial_dims=cfg.model.spatial_dims if segmentation else 2, norm=cfg.model.norm,
         latent_dim=cfg.gan.latent_dim,
+        contrast=cfg.data.segmentation.contrast if segmentation else "none",
     )
 
 
@@ -113,6 +114,7 @@ def train_settings(cfg: DictConfig, spec: ModelSpec, rnd: int, seed: int) -> tra
         steps=t.local_steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=lr_at(cfg, rnd),
         momentum=t.momentum, weight_decay=t.weight_decay, class_weighting=t.class_weighting,
         augment=cfg.data.augment, amp=t.amp, seed=seed, task=spec.task, patch_size=spec.image_size,
+        contrast=spec.contrast,
     )
 
 

@@ -46,6 +46,7 @@ def test_wrong_type_is_named():
         ("data.val_fraction=1.5", "data.val_fraction"),
         ("shift.strength=2", "shift.strength"),
         ("evaluation.audit_canaries=-1", "evaluation.audit_canaries"),
+        ("data.segmentation.contrast=gamma", "data.segmentation.contrast"),
         ("evaluation.membership_audit=false evaluation.audit_canaries=10", "evaluation.audit_canaries"),
     ],
 )

@@ -77,6 +77,24 @@ def test_unets_have_no_layer_opacus_rejects(name):
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)
 
 
+def test_clahe_brings_out_a_faint_line_in_a_dark_region():
+    rng = np.random.default_rng(0)
+    image = 30.0 + rng.normal(0, 2, (64, 64))
+    image[:, 16] += 8  # a faint vessel in the dark half
+    image[:, 32:] = rng.uniform(100, 250, (64, 32))  # a bright, busy half sets the global statistics
+    image = np.clip(image, 0, 255).astype(np.uint8)[..., None]
+    fov = np.ones((64, 64), bool)
+    fov[:, :2] = False
+
+    def line_contrast(x):
+        return float(np.mean(x[0, :, 16] - (x[0, :, 15] + x[0, :, 17]) / 2))
+
+    plain, equalised = segmentation.normalise(image, fov), segmentation.normalise(image, fov, "clahe")
+    assert line_contrast(equalised) > 2 * line_contrast(plain) > 0
+    assert abs(equalised[:, fov].mean()) < 1e-4 and equalised[:, fov].std() == pytest.approx(1, abs=1e-3)
+    assert not equalised[:, ~fov].any()
+
+
 def test_training_learns_the_foreground():
     data, test = disks(12), disks(4, seed=9)
     torch.manual_seed(0)
@@ -134,7 +152,7 @@ def test_natural_multi_site_run_end_to_end_with_dp(cli, hospitals, tmp_path):
     out = tmp_path / "run"
     code = cli("simulate", CONFIG, *FAST_SEGMENTATION, "partition.scheme=natural", "shift.strength=0.5",
                sites, "simulation.cpus_per_site=1", "privacy.mechanism=sample", "privacy.noise_multiplier=1.0",
-               "privacy.delta=0.01", "--output", out, data_dir=hospitals)
+               "privacy.delta=0.01", "data.segmentation.contrast=clahe", "--output", out, data_dir=hospitals)
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     privacy = summary["privacy"]
@@ -158,7 +176,8 @@ def test_pooled_baseline_and_evaluation_every_k_rounds(cli, hospitals, tmp_path)
     sites = f"data.segmentation.train={_source('north')}"
     out = tmp_path / "run"
     code = cli("simulate", CONFIG, *FAST_SEGMENTATION, "mode=pooled", "partition.num_sites=2", sites,
-               "train.rounds=3", "evaluation.every=2", "--output", out, data_dir=hospitals)
+               "train.rounds=3", "evaluation.every=2", "data.segmentation.contrast=clahe", "--output", out,
+               data_dir=hospitals)
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [bool(r["test"]) for r in rows] == [False, True, True]  # round 2, and the last round
