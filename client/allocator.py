@@ -19,20 +19,18 @@ log = logging.getLogger("medfed.allocator")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 _KEEP_BYTES = 1 << 31
-_done = False
+_outcome: bool | None = None  # tried once per process, whether it took or not
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc to keep blocks up to 2 GiB in the heap once freed; True when it took.
-    Once per process."""
-    global _done
-    if _done:
-        return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BYTES - 1))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the default allocator stays
-        _done = False
-    log.debug("glibc keeps freed memory: %s", _done)
-    return _done
+    """Tell glibc to keep blocks up to 2 GiB in the heap once freed; True when it took."""
+    global _outcome
+    if _outcome is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _outcome = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
+                libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BYTES - 1))
+        except (OSError, AttributeError):  # not glibc (macOS, musl): the default allocator stays
+            _outcome = False
+        log.debug("glibc keeps freed memory: %s", _outcome)
+    return _outcome

@@ -42,6 +42,7 @@ class Patches(Dataset):
         self.pixels = [map_binary_to_indices(label > 0) for label in self.labels]  # (foreground, background)
         self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.draws = 0
+        self.crop = RandCropByPosNegLabel(self.patch, pos=1, neg=1, num_samples=1, allow_smaller=True)
         axes = (0, 1) if data.spatial_dims == 2 else (1, 2)
         self.augment = Compose([RandFlip(prob=0.5, spatial_axis=0), RandRotate90(prob=0.75, spatial_axes=axes)])
 
@@ -52,10 +53,9 @@ class Patches(Dataset):
         self.draws += 1
         rng = np.random.RandomState((self.seed + self.draws) % 2**32)
         foreground, background = self.pixels[i]
-        crop = RandCropByPosNegLabel(self.patch, pos=1, neg=1, num_samples=1, allow_smaller=True)
-        crop.set_random_state(state=rng)
-        image = crop(self.images[i], self.labels[i], fg_indices=foreground, bg_indices=background)[0]
-        label = crop(self.labels[i], randomize=False)[0]  # the same window
+        self.crop.set_random_state(state=rng)
+        image = self.crop(self.images[i], self.labels[i], fg_indices=foreground, bg_indices=background)[0]
+        label = self.crop(self.labels[i], randomize=False)[0]  # the same window
         patch = torch.cat([torch.as_tensor(image), torch.as_tensor(label).float()])
         self.augment.set_random_state(state=rng)
         patch = torch.as_tensor(self.augment(patch))

@@ -61,12 +61,21 @@ def test_grad_sample_module_uses_it_and_gets_each_examples_gradient():
         torch.testing.assert_close(param.grad_sample, per_example, atol=1e-5, rtol=1e-4)
 
 
-def test_dp_rounds_keep_freed_memory_on_glibc():
+def test_dp_rounds_keep_freed_memory_on_glibc(monkeypatch):
+    import ctypes
     import platform
 
     from medfed.client import allocator
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
+    monkeypatch.setattr(allocator, "_outcome", None)
     assert allocator.keep_freed_memory()
-    assert allocator.keep_freed_memory()  # once per process, then a no-op
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert allocator.keep_freed_memory()  # once per process: the C library is not asked again
+    monkeypatch.setattr(allocator, "_outcome", None)
+    assert not allocator.keep_freed_memory()  # without one, the default allocator stays
