@@ -7,6 +7,7 @@ ranges that types cannot express. Every error is a `ConfigError` naming the sett
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ class ModelConfig:
     dropout: float = 0.2
     norm: str = "instance"  # segmentation: instance or group (both accepted by DP-SGD)
     spatial_dims: int = 2  # segmentation: 2 or 3 (3D needs nifti volumes or a dicom series)
+    # segmentation unet: channels per level and the downsampling between levels
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [1, 2, 2])
 
 
 @dataclass
@@ -364,6 +368,15 @@ def validate_task(cfg: DictConfig) -> None:
     seg = cfg.data.segmentation
     _check(seg.patch_size >= 16 and seg.patch_size % 16 == 0, "data.segmentation.patch_size",
            f"must be a multiple of 16, got {seg.patch_size}")
+    m = cfg.model
+    _check(len(m.channels) >= 2 and all(c >= 1 for c in m.channels), "model.channels",
+           f"lists at least two positive channel counts, got {list(m.channels)}")
+    _check(m.norm != "group" or all(c % 8 == 0 for c in m.channels), "model.channels",
+           f"must be multiples of 8 with group normalisation, got {list(m.channels)}")
+    _check(len(m.strides) == len(m.channels) - 1 and all(s >= 1 for s in m.strides), "model.strides",
+           f"lists one positive stride per level below the first ({len(m.channels) - 1}), got {list(m.strides)}")
+    _check(seg.patch_size % math.prod(m.strides) == 0, "data.segmentation.patch_size",
+           f"must be a multiple of the product of model.strides ({math.prod(m.strides)}), got {seg.patch_size}")
     sources = {"data.segmentation.train": seg.train, "data.segmentation.test": seg.test}
     sources.update({f"data.segmentation.sites[{i}]": s for i, s in enumerate(seg.sites)})
     for key, source in sources.items():

@@ -54,15 +54,17 @@ TASK_MODELS = {"classification": tuple(MODELS), "segmentation": SEGMENTATION_MOD
 def build_model(
     name: str, in_channels: int, num_classes: int, image_size: int = 28, dropout: float = 0.2,
     task: str = "classification", spatial_dims: int = 2, norm: str = "instance", latent_dim: int = 64,
+    channels: tuple[int, ...] | None = None, strides: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """A fresh network for ``task``; the caller seeds torch first when it wants the same weights."""
     known = TASK_MODELS.get(task, ())
     if name not in known:
         raise ConfigError(f"unknown model '{name}' for task {task} (model.name): choose from {', '.join(known)}")
     if task == "segmentation":
-        from medfed.models.segmentation import build_unet
+        from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES, build_unet
 
-        return build_unet(name, spatial_dims, in_channels, num_classes, norm, dropout)
+        return build_unet(name, spatial_dims, in_channels, num_classes, norm, dropout,
+                          channels or UNET_CHANNELS, strides or UNET_STRIDES)
     if task == "gan":
         from medfed.models.gan import ConditionalGAN
 

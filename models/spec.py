@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from medfed.models.registry import build_model
+from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES
 
 CONFIG_PREFIX = "model-"
 
@@ -31,11 +32,13 @@ class ModelSpec:
     norm: str = "instance"  # segmentation: instance or group normalisation
     latent_dim: int = 64  # gan: noise size
     contrast: str = "none"  # segmentation: "clahe" equalises local contrast before normalising
+    channels: tuple[int, ...] = UNET_CHANNELS  # segmentation unet: channels per level
+    strides: tuple[int, ...] = UNET_STRIDES  # segmentation unet: downsampling between levels
 
     def build(self) -> torch.nn.Module:
         model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout,
                             task=self.task, spatial_dims=self.spatial_dims, norm=self.norm,
-                            latent_dim=self.latent_dim)
+                            latent_dim=self.latent_dim, channels=self.channels, strides=self.strides)
         if self.dp_compatible:
             from medfed.client.privacy import make_private_model
 
@@ -44,12 +47,13 @@ class ModelSpec:
 
     def to_config(self) -> dict:
         """The spec as flat config-record entries (``model-name``, ``model-in_channels``...)."""
-        return {CONFIG_PREFIX + k: v for k, v in asdict(self).items()}
+        return {CONFIG_PREFIX + k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @staticmethod
     def from_config(config) -> ModelSpec:
         values = {}
         for f in fields(ModelSpec):
             raw = config[CONFIG_PREFIX + f.name]
-            values[f.name] = {"int": int, "float": float, "bool": bool}.get(f.type, str)(raw)
+            values[f.name] = {"int": int, "float": float, "bool": bool,
+                              "tuple[int, ...]": lambda v: tuple(int(x) for x in v)}.get(f.type, str)(raw)
         return ModelSpec(**values)

@@ -34,6 +34,7 @@ def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int
         spatial_dims=cfg.model.spatial_dims if segmentation else 2, norm=cfg.model.norm,
         latent_dim=cfg.gan.latent_dim,
         contrast=cfg.data.segmentation.contrast if segmentation else "none",
+        channels=tuple(cfg.model.channels), strides=tuple(cfg.model.strides),
     )
 
 

@@ -6,6 +6,7 @@ from medfed.config import load_config
 from medfed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+UNET = "task=segmentation model.name=unet partition.scheme=iid"
 
 
 def test_shipped_configs_are_valid():
@@ -48,6 +49,11 @@ def test_wrong_type_is_named():
         ("evaluation.audit_canaries=-1", "evaluation.audit_canaries"),
         ("data.segmentation.contrast=gamma", "data.segmentation.contrast"),
         ("evaluation.membership_audit=false evaluation.audit_canaries=10", "evaluation.audit_canaries"),
+        (f"{UNET} model.strides=[1,2]", "model.strides"),
+        (f"{UNET} model.strides=[0,2,2]", "model.strides"),
+        (f"{UNET} model.channels=[16] model.strides=[]", "model.channels"),
+        (f"{UNET} model.norm=group model.channels=[12,24,48,96]", "model.channels"),
+        (f"{UNET} data.segmentation.patch_size=32 model.strides=[2,2,16]", "data.segmentation.patch_size"),
     ],
 )
 def test_bad_values_are_rejected(override, key):

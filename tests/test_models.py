@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord
 
 from medfed.errors import ConfigError
 from medfed.models import MODELS, build_model
 from medfed.models.classification import loss_function, metrics
+from medfed.models.spec import ModelSpec
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -14,6 +16,18 @@ def test_every_model_maps_images_to_logits(name, channels, size):
     with torch.no_grad():
         out = model(torch.rand(2, channels, size, size))
     assert out.shape == (2, 4)
+
+
+def test_a_unet_spec_reaches_the_site_with_its_levels():
+    spec = ModelSpec(name="unet", in_channels=1, num_classes=2, image_size=32, dropout=0.0,
+                     label_kind="segmentation", task="segmentation", channels=(8, 16, 32), strides=(1, 2))
+    received = ModelSpec.from_config(ConfigRecord(spec.to_config()))  # as a site gets it
+    assert received == spec
+    model = received.build().eval()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (first.out_channels, first.stride) == (8, (1, 1))  # the first level keeps full resolution
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
 
 def test_unknown_model_is_named():
