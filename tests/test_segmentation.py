@@ -6,13 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.data import get_track_meta
 from opacus.accountants import RDPAccountant
 from PIL import Image
 
 from conftest import REPO
 from medfed.client.privacy import DPSettings, SiteAccountant
 from medfed.client.segmentation_data import SegmentationImages
-from medfed.client.segmentation_training import evaluate_segmentation, train_segmentation, train_segmentation_private
+from medfed.client.segmentation_training import (
+    Patches, evaluate_segmentation, train_segmentation, train_segmentation_private,
+)
 from medfed.client.training import TrainSettings
 from medfed.models import segmentation
 
@@ -105,6 +108,15 @@ def test_training_learns_the_foreground():
     assert result["steps"] == 40 and result["num-examples"] == 12
     assert after["dice"] > 0.7 > before
     assert after["images"] == 4
+
+
+def test_patches_are_plain_tensors_and_leave_monai_tracking_as_it_was():
+    patches = Patches(disks(3), 16, torch.Generator().manual_seed(0))
+    assert get_track_meta()
+    image, label = patches[1]
+    assert type(image) is torch.Tensor and type(label) is torch.Tensor  # no MetaTensor bookkeeping
+    assert image.shape == (1, 16, 16) and label.shape == (1, 16, 16) and label.dtype == torch.long
+    assert get_track_meta()
 
 
 def test_private_training_reports_the_accountants_epsilon(tmp_path):
