@@ -97,7 +97,8 @@ class ModelConfig:
     dropout: float = 0.2
     norm: str = "instance"  # segmentation: instance or group (both accepted by DP-SGD)
     spatial_dims: int = 2  # segmentation: 2 or 3 (3D needs nifti volumes or a dicom series)
-    # segmentation unet: channels per level and the downsampling between levels
+    # segmentation unet: channels per level and the downsampling between levels (the same
+    # defaults as models/segmentation.py's UNET_CHANNELS and UNET_STRIDES, which a test checks)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list[int] = field(default_factory=lambda: [1, 2, 2])
 

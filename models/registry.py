@@ -9,6 +9,7 @@ from torch import nn
 
 from medfed.errors import ConfigError
 from medfed.models.cnn import SmallCNN
+from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES, build_unet
 
 
 def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
@@ -54,17 +55,14 @@ TASK_MODELS = {"classification": tuple(MODELS), "segmentation": SEGMENTATION_MOD
 def build_model(
     name: str, in_channels: int, num_classes: int, image_size: int = 28, dropout: float = 0.2,
     task: str = "classification", spatial_dims: int = 2, norm: str = "instance", latent_dim: int = 64,
-    channels: tuple[int, ...] | None = None, strides: tuple[int, ...] | None = None,
+    channels: tuple[int, ...] = UNET_CHANNELS, strides: tuple[int, ...] = UNET_STRIDES,
 ) -> nn.Module:
     """A fresh network for ``task``; the caller seeds torch first when it wants the same weights."""
     known = TASK_MODELS.get(task, ())
     if name not in known:
         raise ConfigError(f"unknown model '{name}' for task {task} (model.name): choose from {', '.join(known)}")
     if task == "segmentation":
-        from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES, build_unet
-
-        return build_unet(name, spatial_dims, in_channels, num_classes, norm, dropout,
-                          channels or UNET_CHANNELS, strides or UNET_STRIDES)
+        return build_unet(name, spatial_dims, in_channels, num_classes, norm, dropout, channels, strides)
     if task == "gan":
         from medfed.models.gan import ConditionalGAN
 

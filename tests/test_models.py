@@ -3,9 +3,11 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
+from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models import MODELS, build_model
 from medfed.models.classification import loss_function, metrics
+from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES
 from medfed.models.spec import ModelSpec
 
 
@@ -28,6 +30,11 @@ def test_a_unet_spec_reaches_the_site_with_its_levels():
     assert (first.out_channels, first.stride) == (8, (1, 1))  # the first level keeps full resolution
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_the_config_defaults_build_the_default_unet():
+    model = load_config(None).model
+    assert (tuple(model.channels), tuple(model.strides)) == (UNET_CHANNELS, UNET_STRIDES)
 
 
 def test_unknown_model_is_named():
