@@ -1,8 +1,10 @@
 """The coordinator's side of a deployment: ``medfed server start`` and ``medfed server stop``.
 
 ``start`` checks everything it can before starting anything (config, run folder,
-certificates, site keys, port), then starts ``flower-superlink`` with TLS and SuperNode
-authentication, registers each site's public key, submits medfed's Flower app as a run
+certificates, site keys, port), then starts ``flower-superlink`` on loopback with TLS and
+SuperNode authentication, nginx on ``--host``/``--port`` in front of it forwarding only the
+sites' Fleet API (`medfed.server.fleet_proxy`), registers each site's public key, submits
+medfed's Flower app as a run
 and follows it in the foreground until it ends. However it ends (finished, failed,
 Ctrl-C, SIGTERM, ``medfed server stop``) every process it started is stopped and the
 state folder says so. ``--insecure`` exists for a trial on one machine only.
@@ -132,8 +134,10 @@ def local_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def superlink_args(opts: StartOptions, tls: tuple[Path, Path, Path] | None) -> list[str]:
-    args = [command("flower-superlink"), "--host", opts.host, "--port", str(opts.port),
+def superlink_args(port: int, tls: tuple[Path, Path, Path] | None) -> list[str]:
+    """The SuperLink on loopback only: its Control API must not be reachable from the network
+    (`medfed.server.fleet_proxy` forwards the sites' Fleet API to it)."""
+    args = [command("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
             "--disable-runtime-dependency-installation"]  # medfed is installed; never fetch packages
     if tls is None:
         return args + ["--insecure"]
@@ -142,18 +146,29 @@ def superlink_args(opts: StartOptions, tls: tuple[Path, Path, Path] | None) -> l
                    "--enable-supernode-auth"]
 
 
-def wait_until_listening(superlink: Tracked, address: str, log_file: Path) -> None:
+def wait_until_listening(process: Tracked, address: str, log_file: Path) -> None:
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if not alive(superlink):
-            raise MedfedError(f"flower-superlink stopped while starting:\n{_tail(log_file)}")
+        if not alive(process):
+            raise MedfedError(f"{process.command} stopped while starting:\n{_tail(log_file)}")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
                 return
         except OSError:
             time.sleep(0.5)
-    raise MedfedError(f"flower-superlink did not listen on {address} within {READY_TIMEOUT:.0f} s; see {log_file}")
+    raise MedfedError(f"{process.command} did not listen on {address} within {READY_TIMEOUT:.0f} s; see {log_file}")
+
+
+def start_proxy(opts: StartOptions, state_dir: Path, superlink_port: int, tls) -> Tracked:
+    """nginx on ``--host``/``--port``, forwarding the sites' Fleet API to the SuperLink."""
+    from medfed.server.fleet_proxy import PROXY_DIR, proxy_args, write_proxy_config
+
+    config = write_proxy_config(state_dir, opts.host, opts.port, superlink_port, tls)
+    process = spawn(proxy_args(config), state_dir / PROXY_DIR / "nginx.out", flower_env())
+    proxy = track(process.pid, "nginx (Fleet API proxy)")
+    wait_until_listening(proxy, local_address(opts.host, opts.port), state_dir / PROXY_DIR / "error.log")
+    return proxy
 
 
 def _tail(path: Path, lines: int = 12) -> str:
@@ -189,40 +204,49 @@ def start_federation(opts: StartOptions, console: Console) -> int:
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     flwr_home, log_file = state_dir / "flwr", state_dir / SUPERLINK_LOG
-    address = local_address(opts.host, opts.port)
+    from medfed.server.fleet_proxy import free_loopback_port, nginx_binary
+
+    nginx_binary()  # missing nginx stops here, before any process
+    superlink_port = free_loopback_port()
+    address = f"127.0.0.1:{superlink_port}"  # the Control API: this machine only
     flwr_cli.write_connection(flwr_home, address, tls[0] if tls else None)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     state: dict = {"processes": {}, "address": address, "host": opts.host, "port": opts.port,
                    "flwr_home": str(flwr_home), "log": str(log_file), "output": str(out),
                    "rounds": cfg.train.rounds, "insecure": opts.insecure, "sites": {}, "run_id": None}
     superlink: Tracked | None = None
+    proxy: Tracked | None = None
     try:
         state["processes"]["coordinator"] = track(os.getpid(), "medfed server start").as_dict()
-        process = spawn(superlink_args(opts, tls), log_file, flower_env(FLWR_HOME=str(flwr_home)))
+        process = spawn(superlink_args(superlink_port, tls), log_file, flower_env(FLWR_HOME=str(flwr_home)))
         superlink = track(process.pid, "flower-superlink")
         state["processes"]["superlink"] = superlink.as_dict()
         write_state(state_dir, state)
         wait_until_listening(superlink, address, log_file)
-        console.print(f"SuperLink listening on {opts.host}:{opts.port} "
-                      f"({'TLS, site authentication' if tls else 'INSECURE'}); log: {log_file}")
+        proxy = start_proxy(opts, state_dir, superlink_port, tls)
+        state["processes"]["proxy"] = proxy.as_dict()
+        write_state(state_dir, state)
+        console.print(f"sites connect to {opts.host}:{opts.port} "
+                      f"({'TLS, site authentication' if tls else 'INSECURE'}): nginx forwards the Fleet API "
+                      f"only; SuperLink on {address} (this machine only), log: {log_file}")
         if opts.host in ("127.0.0.1", "localhost", "::1"):
             console.print("  only this machine can connect; '--host 0.0.0.0' accepts the sites")
         for name, key in keys.items():
             state["sites"][name] = flwr_cli.register_site(flwr_home, key, name)
             console.print(f"  registered site {name} (node {state['sites'][name]})")
         write_state(state_dir, state)
-        return _run(cfg, opts, state, state_dir, out, superlink, console)
+        return _run(cfg, opts, state, state_dir, out, [superlink, proxy], console)
     except (KeyboardInterrupt, _Stop):
         console.print("[yellow]stopping: every process of the federation is being stopped[/]")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        ended = stop([superlink]) if superlink is not None else []
+        ended = stop([p for p in (proxy, superlink) if p is not None])
         forget(state_dir)
         console.print(f"stopped {len(ended)} process(es); nothing of this federation is left running")
 
 
-def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, superlink: Tracked,
+def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemons: list[Tracked],
          console: Console) -> int:
     from medfed.server.flower_app import write_app
     from medfed.server.site_names import format_site_nodes
@@ -243,10 +267,10 @@ def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, super
     console.print(f"run {state['run_id']} submitted: {cfg.name}, {cfg.train.rounds} rounds -> {out}")
     console.print(f"  waiting for sites ({', '.join(state['sites']) or 'any'}): each starts "
                   "'medfed site start SITE.yaml'")
-    return follow_run(state, out, superlink, console)
+    return follow_run(state, out, daemons, console)
 
 
-def follow_run(state: dict, out: Path, superlink: Tracked, console: Console, poll: float = 2.0) -> int:
+def follow_run(state: dict, out: Path, daemons: list[Tracked], console: Console, poll: float = 2.0) -> int:
     """Report rounds as they finish; 0 when the run finished, `MedfedError` when it failed."""
     from medfed.server.deployed import FAILED_FILE
     from medfed.server.outputs import SUMMARY
@@ -267,8 +291,9 @@ def follow_run(state: dict, out: Path, superlink: Tracked, console: Console, pol
             return 0
         if (out / FAILED_FILE).is_file():
             raise MedfedError(f"run {state['run_id']} failed: {json.loads((out / FAILED_FILE).read_text())['error']}")
-        if not alive(superlink):
-            raise MedfedError(f"flower-superlink stopped during the run; see {state['log']}")
+        for daemon in daemons:
+            if not alive(daemon):
+                raise MedfedError(f"{daemon.command} stopped during the run; see {state['log']}")
         if time.monotonic() - asked > STATUS_EVERY:
             asked = time.monotonic()
             try:
@@ -309,14 +334,15 @@ def read_rounds(out: Path) -> list[dict]:
 def stop_federation(state_dir: Path, console: Console, grace: float = 30.0) -> int:
     """Ask ``medfed server start`` to stop, then make sure every process it started ended."""
     state = read_state(state_dir)
-    coordinator, superlink = tracked(state, "coordinator"), tracked(state, "superlink")
+    coordinator = tracked(state, "coordinator")
+    daemons = [p for role in ("proxy", "superlink") if (p := tracked(state, role)) is not None]
     if coordinator is not None and alive(coordinator):
         with contextlib.suppress(ProcessLookupError):
             os.kill(coordinator.pid, signal.SIGTERM)  # it stops its own processes, as on Ctrl-C
         deadline = time.monotonic() + grace
         while alive(coordinator) and time.monotonic() < deadline:
             time.sleep(0.2)
-    ended = stop([p for p in (superlink,) if p is not None])
+    ended = stop(daemons)
     forget(state_dir)
     left = [p for p in ended if alive(p)]
     if left:

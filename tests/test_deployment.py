@@ -311,7 +311,7 @@ def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, 
     from rich.console import Console
 
     with pytest.raises(MedfedError, match="run 7 failed: round 1: only 0 of 2 sites.*policy.models"):
-        follow_run(state, tmp_path / "run", me, Console(stderr=True))
+        follow_run(state, tmp_path / "run", [me], Console(stderr=True))
 
 
 def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
