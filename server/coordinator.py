@@ -186,8 +186,21 @@ def _raise_stop(signum, frame) -> None:
     raise _Stop()
 
 
+def check_insecure_host(host: str) -> None:
+    """``--insecure`` listens without TLS or site keys: anyone who reaches it can join and read
+    the model, so it may listen on this machine's loopback only (nothing is resolved)."""
+    from medfed.server.credentials import is_loopback
+
+    if not is_loopback(host):
+        raise MedfedError(f"--insecure: --host {host} is not a loopback address; without TLS and site keys only "
+                          "127.0.0.1, ::1 or localhost are allowed (a trial on one machine). To accept sites, "
+                          "drop --insecure and use the federation's credentials ('medfed certs')")
+
+
 def start_federation(opts: StartOptions, console: Console) -> int:
     """Start the SuperLink, register the sites, run the experiment; stop everything at the end."""
+    if opts.insecure:
+        check_insecure_host(opts.host)  # before anything is read, written or started
     cfg = load_experiment(opts)
     out = (opts.output or Path("runs") / f"{cfg.name}-deployed-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     check_output(out, opts.resume, cfg)
