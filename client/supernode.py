@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from rich.console import Console
 from medfed.client.deployed_site import SITE_CONFIG_KEY
 from medfed.errors import MedfedError
 from medfed.server.flwr_cli import toml_string
-from medfed.server.processes import command, flower_env, spawn, stop, track
+from medfed.server.processes import Tracked, command, flower_env, spawn, stop, track
 
 NODE_CONFIG_FILE = "supernode-node-config.toml"
 DEFAULT_RUNTIME_PORT = 9094
@@ -80,8 +81,10 @@ def write_node_config(cfg: DictConfig, site_yaml: Path) -> Path:
 
 def supernode_args(cfg: DictConfig, node_config: Path, runtime_port: int, max_retries: int | None,
                    max_wait_time: float | None) -> list[str]:
+    # --isolation process: the SuperNode starts no flwr-clientapp of its own (it would install and
+    # import the run's FAB); medfed's launcher runs medfed's ClientApp instead (`app_launcher`)
     args = [command("flower-supernode"), "--superlink", cfg.coordinator.address, "--node-config", str(node_config),
-            "--host", "127.0.0.1", "--port", str(runtime_port)]
+            "--host", "127.0.0.1", "--port", str(runtime_port), "--isolation", "process"]
     if cfg.insecure:
         args.append("--insecure")
     else:
@@ -126,7 +129,9 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
     env = flower_env(FLWR_HOME=str(Path(cfg.state_dir) / "flwr"))  # the site's Flower files stay in its state
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     pause, connected = 10.0, False
+    launcher = None
     try:
+        launcher = _start_launcher(runtime_port, Path(site_yaml), env)
         while True:
             console.print(f"site {cfg.name}: connecting to {cfg.coordinator.address} "
                           f"(audit log {cfg.audit_log})", highlight=False)
@@ -153,6 +158,15 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if launcher is not None:
+            stop([launcher])
+
+
+def _start_launcher(runtime_port: int, site_yaml: Path, env: dict[str, str]) -> Tracked:
+    """medfed's ClientApp launcher beside the SuperNode, for as long as the site runs."""
+    process = spawn([sys.executable, "-m", "medfed.client.app_launcher", "--runtime-api-address",
+                     f"127.0.0.1:{runtime_port}", "--site-config", str(site_yaml.resolve())], None, env)
+    return track(process.pid, "medfed app launcher")
 
 
 def _supervise(args: list[str], env: dict[str, str]) -> int:
