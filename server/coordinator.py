@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
+from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.errors import ConfigError, MedfedError
 from medfed.server import flwr_cli
 from medfed.server.federation_state import forget, read_state, running, state_path, tracked, write_state
@@ -100,6 +101,17 @@ def tls_files(certs: Path) -> tuple[Path, Path, Path]:
             raise MedfedError(f"--certs: {path} not found; create the federation's credentials with 'medfed certs'")
     check_certificate(files[1], files[0])
     return files
+
+
+def app_signer(certs: Path) -> tuple:
+    """The federation's app-signing key from ``--certs``: (key id, key)."""
+    from medfed.server.credentials import APP_SIGNING_KEY, load_app_signing_key
+
+    path = Path(certs) / APP_SIGNING_KEY
+    if not path.is_file():
+        raise MedfedError(f"--certs: {path.resolve()} not found; 'medfed certs' creates it (the sites run only "
+                          "apps signed with it)")
+    return load_app_signing_key(path)
 
 
 def site_public_keys(folder: Path) -> dict[str, Path]:
@@ -206,6 +218,7 @@ def start_federation(opts: StartOptions, console: Console) -> int:
     check_output(out, opts.resume, cfg)
     tls = None if opts.insecure else tls_files(opts.certs)
     keys = {} if opts.insecure else site_public_keys(opts.sites_keys or opts.certs)
+    signer = None if opts.insecure else app_signer(opts.certs)
     state_dir = opts.state_dir.resolve()
     if state_path(state_dir).is_file() and running(read_state(state_dir)):
         raise MedfedError(f"a federation is already running from {state_dir}; "
@@ -248,7 +261,7 @@ def start_federation(opts: StartOptions, console: Console) -> int:
             state["sites"][name] = flwr_cli.register_site(flwr_home, key, name)
             console.print(f"  registered site {name} (node {state['sites'][name]})")
         write_state(state_dir, state)
-        return _run(cfg, opts, state, state_dir, out, [superlink, proxy], console)
+        return _run(cfg, opts, state, state_dir, out, [superlink, proxy], signer, console)
     except (KeyboardInterrupt, _Stop):
         console.print("[yellow]stopping: every process of the federation is being stopped[/]")
         return 130
@@ -259,7 +272,7 @@ def start_federation(opts: StartOptions, console: Console) -> int:
         console.print(f"stopped {len(ended)} process(es); nothing of this federation is left running")
 
 
-def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemons: list[Tracked],
+def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemons: list[Tracked], signer,
          console: Console) -> int:
     from medfed.server.flower_app import write_app
     from medfed.server.site_names import format_site_nodes
@@ -274,7 +287,12 @@ def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemo
         # end this attempt at once: follow_run reads it as this run's
         (out / FAILED_FILE).unlink(missing_ok=True)
     app_dir = state_dir / "app"
-    write_app(app_dir, cfg.name, to_yaml(cfg), out, format_site_nodes(nodes), opts.wait_for_sites, opts.resume)
+    pyproject = write_app(app_dir, cfg.name, to_yaml(cfg), out, format_site_nodes(nodes), opts.wait_for_sites,
+                          opts.resume)
+    signature = app_dir / SIGNATURE_FILE
+    signature.unlink(missing_ok=True)
+    if signer is not None:  # the sites run only an app signed by the federation's key
+        signature.write_text(sign_app(pyproject.read_text(), *signer))
     state["run_id"] = flwr_cli.submit_run(Path(state["flwr_home"]), app_dir)
     write_state(state_dir, state)
     console.print(f"run {state['run_id']} submitted: {cfg.name}, {cfg.train.rounds} rounds -> {out}")
@@ -309,6 +327,7 @@ def follow_run(state: dict, out: Path, daemons: list[Tracked], console: Console,
                 raise MedfedError(f"{daemon.command} stopped during the run; see {state['log']}")
         if time.monotonic() - asked > STATUS_EVERY:
             asked = time.monotonic()
+            unregister_intruders(state, console)
             try:
                 info = flwr_cli.run_info(flwr_home, state["run_id"])
             except MedfedError as exc:  # a busy or unreachable SuperLink: ask again later
@@ -318,6 +337,37 @@ def follow_run(state: dict, out: Path, daemons: list[Tracked], console: Console,
                 raise MedfedError(f"run {state['run_id']} ended as {info['status']} "
                                   f"({info.get('status-details', 'no details')}); see {state['log']}")
         time.sleep(poll)
+
+
+def unregister_intruders(state: dict, console: Console) -> list[int]:
+    """Unregister every SuperNode the SuperLink knows of that is not one of the sites
+    registered by this ``start``; the node ids unregistered.
+
+    Whoever can reach the SuperLink's Control API can register a key of their own; the
+    ServerApp already sends such a node nothing, and unregistering it keeps it out of
+    the federation. Without a site table (``--insecure``) no node is registered.
+    """
+    if state.get("insecure") or not state.get("sites"):
+        return []
+    flwr_home, ours = Path(state["flwr_home"]), {int(node) for node in state["sites"].values()}
+    try:
+        nodes = flwr_cli.list_nodes(flwr_home)
+    except MedfedError as exc:  # a busy SuperLink: ask again later
+        console.print(f"[yellow]no node list this time: {exc}[/]", highlight=False)
+        return []
+    done = []
+    for node in nodes:
+        node_id = int(node["node-id"])
+        if node_id in ours or node.get("status") == "unregistered":  # unregistered already: nothing to do
+            continue
+        console.print(f"[bold red]WARNING: node {node_id} ({node.get('status')}) is not a registered site: "
+                      "unregistering it[/]", highlight=False)
+        try:
+            flwr_cli.unregister_node(flwr_home, node_id)
+            done.append(node_id)
+        except MedfedError as exc:  # tried again at the next status
+            console.print(f"[bold red]could not unregister node {node_id}: {exc}[/]", highlight=False)
+    return done
 
 
 def _appears(path: Path, seconds: float) -> bool:
