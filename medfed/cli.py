@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: keep trying)")
     site_start.add_argument("--max-wait-time", type=float, help="give up after this many seconds without the "
                             "coordinator (default: keep trying)")
+    audit = site_commands.add_parser("audit", help="the site's audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify", help="check that no entry of the audit log was changed, reordered or removed")
+    audit_verify.add_argument("config", type=Path, help="the site's SITE.yaml")
     server = commands.add_parser("server", help="the coordinator's commands: a federation on Flower's SuperLink")
     server_commands = server.add_subparsers(dest="server_command", required=True)
     server_start = server_commands.add_parser(
@@ -174,6 +179,17 @@ def _site_start(args: argparse.Namespace, console: Console) -> int:
     return run_site(args.config, console, args.runtime_port, args.max_retries, args.max_wait_time)
 
 
+def _site_audit_verify(args: argparse.Namespace, console: Console) -> int:
+    from medfed.client.audit_log import verify_audit_log
+    from medfed.client.site_config import load_site_config
+
+    path = load_site_config(args.config).audit_log
+    count = verify_audit_log(path)  # a broken chain is a MedfedError: exit code 2
+    console.print(f"audit log {path}: {count} entries, chain intact, head matches"
+                  if count else f"audit log {path}: no entries yet", highlight=False, soft_wrap=True)
+    return 0
+
+
 def _server(args: argparse.Namespace, console: Console) -> int:
     from medfed.server.coordinator import StartOptions, start_federation, stop_federation
 
@@ -213,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return _site_check(args, console)
         if args.command == "site" and args.site_command == "start":
             return _site_start(args, console)
+        if args.command == "site" and args.site_command == "audit":
+            return _site_audit_verify(args, console)
         if args.command == "server":
             return _server(args, console)
     except MedfedError as exc:
