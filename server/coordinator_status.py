@@ -42,10 +42,16 @@ def federation_status(state_dir: Path, console: Console) -> dict:
     return status
 
 
+INTRUDER = "INTRUDER (not registered)"
+
+
 def _sites(state: dict, nodes: list[dict]) -> list[dict]:
     names = {int(node): name for name, node in state.get("sites", {}).items()}
     seen = {int(n["node-id"]): n for n in nodes}
-    rows = [{"site": names.get(node, "(unregistered)"), "node": node, "status": n.get("status"),
+    # with a site table any other node was registered behind medfed's back; without one
+    # (--insecure) no node is registered, and none is an intruder
+    rows = [{"site": names.get(node, "-" if names else "(unregistered)"), "node": node,
+             "status": INTRUDER if names and node not in names else n.get("status"),
              "online_since": n.get("online-at")} for node, n in seen.items()]
     rows += [{"site": name, "node": node, "status": "never connected", "online_since": None}
              for node, name in names.items() if node not in seen]
@@ -62,5 +68,6 @@ def _print(status: dict, state_dir: Path, console: Console) -> None:
     for column in ("site", "node", "status", "online since"):
         table.add_column(column)
     for row in status["sites"]:
-        table.add_row(row["site"], str(row["node"]), str(row["status"]), str(row["online_since"] or ""))
+        cell = f"[bold red]{INTRUDER}[/]" if row["status"] == INTRUDER else str(row["status"])
+        table.add_row(row["site"], str(row["node"]), cell, str(row["online_since"] or ""))
     console.print(table)

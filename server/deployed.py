@@ -6,6 +6,7 @@ YAML text, the run folder, and the registered sites' node ids; the plan is built
 them exactly as in simulation (`medfed.simulation.experiment`), with the config's data
 as the coordinator's own test set. The run folder gets the same files as a simulated
 run, plus ``sites.json`` (which site is which); ``failed.json`` says why a run failed.
+Only the registered sites are sent work and heard (`medfed.server.site_names`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
 def run_deployed(grid: Grid, run_config) -> dict:
     """Every round of the run described by ``run_config``; returns the summary."""
     from medfed.server.rounds import RoundFailed, run_rounds
-    from medfed.server.site_names import NamedSites, parse_site_nodes
+    from medfed.server.site_names import NamedSites, intruders, parse_site_nodes
     from medfed.server.update_checks import rejections
 
     started = time.perf_counter()
@@ -85,7 +86,10 @@ def run_deployed(grid: Grid, run_config) -> dict:
         num_sites = len(names) or cfg.partition.num_sites
         plan, spec, data = build_plan(cfg, out, num_sites, bool(run_config.get(RESUME_KEY, False)))
         sites = NamedSites(grid, names)
-        wait_for_sites(grid, num_sites, float(run_config.get(WAIT_KEY, 300.0)))
+        if names:
+            plan.intruders = sites.take_intruders
+        # through NamedSites, so an intruder neither counts as a site nor goes unreported
+        wait_for_sites(sites, num_sites, float(run_config.get(WAIT_KEY, 300.0)))
         weights, rows = run_rounds(sites, plan)
         (out / SITES_FILE).write_text(json.dumps(sites.table(), indent=2) + "\n")
         if not rows:
@@ -102,6 +106,7 @@ def run_deployed(grid: Grid, run_config) -> dict:
         "strategy": cfg.strategy.name, "model": cfg.model.name, "test": rows[-1]["test"],
         "per_site": rows[-1]["global_model_at_sites"], "privacy": plan.privacy.block(),
         "stopped_early": plan.stopped, "updates_rejected": rejections(rows),
+        "intruders": intruders(rows),
         "seconds": {"total": time.perf_counter() - started},
     }
     plan.outputs.write_summary(summary)

@@ -1,5 +1,5 @@
 """Flower's own ``flwr`` command, as the coordinator uses it: register sites, submit and
-watch runs, list SuperNodes.
+watch runs, list and unregister SuperNodes.
 
 Each federation medfed starts has its own Flower home (``FLWR_HOME``) in its state
 folder, holding one SuperLink connection named ``medfed``, so nothing is read from or
@@ -75,6 +75,11 @@ def submit_run(flwr_home: Path, app_dir: Path) -> int:
 
 def list_nodes(flwr_home: Path) -> list[dict]:
     return flwr(flwr_home, "supernode", "ls", CONNECTION)["nodes"]
+
+
+def unregister_node(flwr_home: Path, node_id: int) -> None:
+    """Unregister a SuperNode: the SuperLink drops it, and it cannot come back under that registration."""
+    flwr(flwr_home, "supernode", "unregister", str(node_id), CONNECTION)
 
 
 def run_info(flwr_home: Path, run_id: int) -> dict:

@@ -56,6 +56,8 @@ class RoundPlan:
     resume: bool = False
     show_progress: bool = True
     stopped: str | None = None  # why the run ended before its last round, if it did
+    # deployed with a site table: the nodes kept out since the last call, for the round's line
+    intruders: Callable[[], list[dict]] | None = None
 
 
 def reply_site(reply: Message) -> str:
@@ -197,6 +199,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 "global_model_at_sites": evaluation,
                 "sites_failed": failures + eval_failures,
                 "updates_rejected": rejected,
+                **({"intruders": plan.intruders()} if plan.intruders is not None else {}),
                 "privacy": plan.privacy.block() if plan.privacy is not None else None,
                 "seconds": time.perf_counter() - started,
             }
