@@ -110,7 +110,8 @@ http {{
         listen {listen};{tls_server}
         location ~ ^/v1/fleet/({endpoints})$ {{
             limit_except POST {{ deny all; }}
-            proxy_pass {scheme}://127.0.0.1:{superlink_port};{tls_upstream}
+            # $uri: the normalised path just matched, so the SuperLink sees only these exact paths
+            proxy_pass {scheme}://127.0.0.1:{superlink_port}$uri;{tls_upstream}
         }}
         location / {{
             default_type text/plain;
