@@ -35,7 +35,7 @@ SUPERNODE_ENDPOINTS = ("activate-node", "deactivate-node", "send-node-heartbeat"
 # Without node authentication (a loopback trial) a SuperNode registers itself; with it,
 # the SuperLink refuses these anyway, and the proxy does not even forward them.
 SELF_REGISTRATION_ENDPOINTS = ("register-node", "unregister-node")
-INSTALL_HINT = "install it with 'apt-get install nginx-light' (scripts/setup.sh does)"
+INSTALL_HINT = "install it with 'apt-get install nginx' (scripts/setup.sh does)"
 
 
 def nginx_binary() -> str:
