@@ -48,6 +48,7 @@ class CoordinatorConfig:
     ca_cert: str | None = None  # the federation's ca.crt
     private_key: str | None = None  # this site's SITE.key (OpenSSH format, mode 0600)
     public_key: str | None = None  # optional: this site's SITE.pub, checked to match the private key
+    trusted_entities: str | None = None  # the federation's trusted-entities.yaml: who may sign the runs' apps
 
 
 @dataclass
@@ -67,7 +68,7 @@ class SiteConfig:
     device: str = "auto"
     state_dir: str = "state"  # privacy budget, logs, check results
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
-    insecure: bool = False  # plain gRPC without TLS or keys: for a local trial only
+    insecure: bool = False  # plain gRPC without TLS or keys: a trial on one machine (loopback) only
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit_log: str | None = None  # default: <state_dir>/audit.log
 
@@ -88,7 +89,7 @@ def _resolve_paths(cfg: DictConfig, base: Path) -> None:
     cfg.data.path = absolute(cfg.data.path) or ""
     cfg.state_dir = absolute(cfg.state_dir) or ""
     cfg.audit_log = absolute(cfg.audit_log) or (str(Path(cfg.state_dir) / "audit.log") if cfg.state_dir else None)
-    for key in ("ca_cert", "private_key", "public_key"):
+    for key in ("ca_cert", "private_key", "public_key", "trusted_entities"):
         cfg.coordinator[key] = absolute(cfg.coordinator[key])
 
 
@@ -124,12 +125,25 @@ def _validate_data(d: DictConfig, check) -> None:
 
 
 def _validate_coordinator(cfg: DictConfig, check) -> None:
-    from medfed.server.credentials import load_node_private_key, load_node_public_key
+    from medfed.server.credentials import (
+        is_loopback,
+        load_node_private_key,
+        load_node_public_key,
+        load_trusted_entities,
+    )
 
     c = cfg.coordinator
     match = _ADDRESS.match(c.address)
     check(bool(match) and 1 <= int(match.group(2)) <= 65535, "coordinator.address",
           f"'{c.address}' is not host:port (e.g. fl.example.org:8000)")
+    # without TLS the weights travel in clear: only over this machine's own loopback
+    check(not cfg.insecure or is_loopback(match.group(1)), "insecure",
+          f"true only for a coordinator on this machine (127.0.0.1, ::1 or localhost), not {c.address}; "
+          "remove insecure and give the federation's credentials")
+    check(cfg.insecure or c.trusted_entities is not None, "coordinator.trusted_entities",
+          "required unless insecure: true (the federation's trusted-entities.yaml)")
+    if c.trusted_entities is not None:
+        _load(load_trusted_entities, c.trusted_entities, "coordinator.trusted_entities", check)
     if cfg.insecure:
         return
     for key in ("ca_cert", "private_key"):

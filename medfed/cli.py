@@ -53,16 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     defend.add_argument("--output", "-o", type=Path, help="report folder (default: runs/NAME-defence)")
     defend.add_argument("--verbose", "-v", action="store_true", help="show Flower's and Ray's logs")
     certs = commands.add_parser(
-        "certs", help="create the federation's CA, the coordinator's TLS files and each site's key pair",
+        "certs", help="create the federation's CA, the coordinator's TLS files and the app-signing key",
     )
     certs.add_argument("--out", type=Path, required=True, help="folder for the files (none may exist yet)")
     certs.add_argument("--coordinator-host", required=True, help="DNS name the sites use to reach the coordinator")
     certs.add_argument("--coordinator-ip", nargs="+", action="extend", default=[], metavar="IP",
                        help="IP addresses of the coordinator (127.0.0.1 and localhost are always included)")
-    certs.add_argument("--sites", required=True, help="site names, comma-separated (e.g. north,south,east)")
+    certs.add_argument("--trial-site-keys", metavar="SITES",
+                       help="also write these sites' key pairs (comma-separated), for a trial on one machine only; "
+                       "in a real federation each site runs 'medfed site keygen'")
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates (default: %(default)s)")
     site = commands.add_parser("site", help="a hospital's own commands, driven by its SITE.yaml")
     site_commands = site.add_subparsers(dest="site_command", required=True)
+    keygen = site_commands.add_parser("keygen", help="create the site's own key pair; send only NAME.pub")
+    keygen.add_argument("name", metavar="NAME", help="the site's name (as in SITE.yaml)")
+    keygen.add_argument("--out", type=Path, required=True,
+                        help="folder for NAME.key and NAME.pub (made with mode 0700 if missing)")
     check = site_commands.add_parser("check", help="check the site's data and settings without training")
     check.add_argument("config", type=Path, help="the site's SITE.yaml")
     check.add_argument("--output", "-o", type=Path, help="JSON report (default: STATE_DIR/site-check.json)")
@@ -153,10 +159,23 @@ def _defend(args: argparse.Namespace, console: Console) -> int:
 def _certs(args: argparse.Namespace, console: Console) -> int:
     from medfed.server.credentials import create_credentials, parse_sites, print_placements
 
-    placements = create_credentials(args.out, args.coordinator_host, args.coordinator_ip,
-                                    parse_sites(args.sites), args.days)
+    trial = parse_sites(args.trial_site_keys) if args.trial_site_keys is not None else []
+    placements = create_credentials(args.out, args.coordinator_host, args.coordinator_ip, args.days, trial)
     print_placements(placements, console)
     console.print(f"[bold green]created[/] {len(placements)} files in {args.out}; private keys have mode 0600")
+    if trial:
+        console.print(f"[yellow]{', '.join(f'{site}.key' for site in trial)}: for a trial on one machine only; "
+                      "in a real federation each site runs 'medfed site keygen' and sends only its .pub[/]")
+    else:
+        console.print("each site makes its own key pair ('medfed site keygen NAME --out DIR') and sends you "
+                      "NAME.pub: put those in --sites-keys")
+    return 0
+
+
+def _site_keygen(args: argparse.Namespace, console: Console) -> int:
+    from medfed.client.site_keys import create_site_keys, print_site_keys
+
+    print_site_keys(create_site_keys(args.name, args.out), console)
     return 0
 
 
@@ -225,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return _defend(args, console)
         if args.command == "certs":
             return _certs(args, console)
+        if args.command == "site" and args.site_command == "keygen":
+            return _site_keygen(args, console)
         if args.command == "site" and args.site_command == "check":
             return _site_check(args, console)
         if args.command == "site" and args.site_command == "start":

@@ -9,8 +9,9 @@
 #
 #   coordinator 10.77.0.1   north 10.77.0.11   south 10.77.0.12   east 10.77.0.13
 #
-# The script makes the credentials (the server certificate is valid for 10.77.0.1), a
-# small PneumoniaMNIST shard per site, starts `medfed server start` in the coordinator's
+# The script makes the credentials (the server certificate is valid for 10.77.0.1; each
+# site makes its own key pair and hands over only its public key), a small
+# PneumoniaMNIST shard per site, starts `medfed server start` in the coordinator's
 # namespace listening on 10.77.0.1 only and `medfed site start` in each site's namespace,
 # runs 2 rounds, prints the metrics, and shows that the traffic crossed the veths: the
 # sites cannot reach the coordinator's 127.0.0.1, and the byte counters of every eth0
@@ -160,11 +161,21 @@ done
 
 say "credentials: the server certificate names $COORD_IP"
 "${MEDFED[@]}" certs --out "$WORK/creds" --coordinator-host coordinator.medfed.test \
-    --coordinator-ip "$COORD_IP" --sites "$(IFS=,; echo "${SITES[*]}")" >"$WORK/logs/certs.log" 2>&1
+    --coordinator-ip "$COORD_IP" >"$WORK/logs/certs.log" 2>&1
 ls "$WORK/creds"
 
 say "data: a shard of PneumoniaMNIST per site, a test slice for the coordinator"
 COORD_DATA=$("$PYTHON" -m medfed.demo_shards "$DATA_FILE" "$WORK/data" "$(IFS=,; echo "${SITES[*]}")")
+
+say "site keys: each site makes its own pair; only SITE.pub goes to the coordinator"
+mkdir -p "$WORK/site-keys"
+for site in "${SITES[@]}"; do
+    ip netns exec "$(site_ns "$site")" "${MEDFED[@]}" site keygen "$site" --out "$WORK/data/$site/keys" \
+        >>"$WORK/logs/keygen.log" 2>&1
+    cp "$WORK/data/$site/keys/$site.pub" "$WORK/site-keys/"
+done
+ls "$WORK/site-keys"
+
 for site in "${SITES[@]}"; do
     # each site knows the coordinator only by its address on the shared network
     cat >"$WORK/data/$site/SITE.yaml" <<EOF
@@ -175,8 +186,9 @@ state_dir: state
 coordinator:
   address: $COORD_IP:$PORT
   ca_cert: $WORK/creds/ca.crt
-  private_key: $WORK/creds/$site.key
-  public_key: $WORK/creds/$site.pub
+  private_key: keys/$site.key
+  public_key: keys/$site.pub
+  trusted_entities: $WORK/creds/trusted-entities.yaml
 policy:
   tasks: [classification]
   models: [cnn]
@@ -209,8 +221,8 @@ done
 
 say "coordinator: medfed server start on $COORD_IP:$PORT (in $COORD_NS)"
 ip netns exec "$COORD_NS" "${MEDFED[@]}" server start "$WORK/experiment.yaml" --certs "$WORK/creds" \
-    --host "$COORD_IP" --port "$PORT" --state "$WORK/coordinator-state" --output "$WORK/run" \
-    --wait-for-sites 120 >"$WORK/logs/coordinator.log" 2>&1 &
+    --sites-keys "$WORK/site-keys" --host "$COORD_IP" --port "$PORT" --state "$WORK/coordinator-state" \
+    --output "$WORK/run" --wait-for-sites 120 >"$WORK/logs/coordinator.log" 2>&1 &
 COORD_PID=$!
 STARTED+=("$COORD_PID")
 

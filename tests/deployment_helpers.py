@@ -46,6 +46,7 @@ coordinator:
   address: {address}
   ca_cert: {creds / 'ca.crt'}
   private_key: {creds / f'{name}.key'}
+  trusted_entities: {creds / 'trusted-entities.yaml'}
 policy:
   tasks: [classification]
   models: [cnn]

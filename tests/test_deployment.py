@@ -42,7 +42,7 @@ ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.d
 @pytest.fixture
 def creds(tmp_path) -> Path:
     out = tmp_path / "creds"
-    create_credentials(out, "localhost", [], ["north", "south", "east", "rogue"])
+    create_credentials(out, "localhost", [], trial_sites=["north", "south", "east", "rogue"])
     return out
 
 
@@ -344,7 +344,7 @@ def test_site_start_stops_with_a_clear_message_on_bad_settings(cli, capsys, tmp_
     assert "data.path" in err and "folder not found" in err and str(missing) in err
 
     other = tmp_path / "other"  # a coordinator whose certificate comes from another federation
-    create_credentials(other, "localhost", [], ["north"])
+    create_credentials(other, "localhost", [], trial_sites=["north"])
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", _TLS_SERVER, str(other), str(port)])
     try:
@@ -403,7 +403,8 @@ def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
     source = pneumonia_or_skip()
     sites = ["north", "south", "east"]
     creds = tmp_path / "creds"
-    assert cli("certs", "--out", creds, "--coordinator-host", "localhost", "--sites", ",".join([*sites, "rogue"])) == 0
+    assert cli("certs", "--out", creds, "--coordinator-host", "localhost",
+               "--trial-site-keys", ",".join([*sites, "rogue"])) == 0
     keys = tmp_path / "allowed"
     keys.mkdir()
     for name in sites:

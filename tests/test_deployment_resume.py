@@ -19,7 +19,7 @@ def test_a_killed_coordinator_resumes_its_run_and_the_sites_rejoin(tmp_path, cli
     source = pneumonia_or_skip()
     sites = ["north", "south"]
     creds = tmp_path / "creds"
-    assert cli("certs", "--out", creds, "--coordinator-host", "localhost", "--sites", ",".join(sites)) == 0
+    assert cli("certs", "--out", creds, "--coordinator-host", "localhost", "--trial-site-keys", ",".join(sites)) == 0
     coordinator = shards(source, sites, tmp_path)
     port = free_port()
     for name in sites:

@@ -27,7 +27,7 @@ PHI_VALUES = ("CompressedSamples", "1CT1", "JFK IMAGING", "ABCD1234")
 @pytest.fixture
 def creds(tmp_path) -> Path:
     out = tmp_path / "creds"
-    create_credentials(out, "fl.example.org", [], ["north"])
+    create_credentials(out, "fl.example.org", [], trial_sites=["north"])
     return out
 
 
@@ -46,21 +46,25 @@ coordinator:
   ca_cert: {creds / 'ca.crt'}
   private_key: {creds / 'north.key'}
   public_key: {creds / 'north.pub'}
+  trusted_entities: {creds / 'trusted-entities.yaml'}
 {extra}""")
 
 
 # ---- credentials ---------------------------------------------------------------------------
 
 
-def test_certs_creates_a_ca_a_server_certificate_and_site_keys(cli, capsys, tmp_path):
+COORDINATOR_FILES = {"ca.crt", "ca.key", "server.pem", "server.key", "app-signing.key", "trusted-entities.yaml"}
+
+
+def test_certs_creates_a_ca_a_server_certificate_and_the_app_signing_key(cli, capsys, tmp_path):
     out = tmp_path / "creds"
-    code = cli("certs", "--out", out, "--coordinator-host", "fl.example.org", "--coordinator-ip", "10.0.0.5",
-               "--sites", "north,south")
-    err = capsys.readouterr().err
+    code = cli("certs", "--out", out, "--coordinator-host", "fl.example.org", "--coordinator-ip", "10.0.0.5")
+    err = " ".join(capsys.readouterr().err.split())
     assert code == 0, err
-    names = {"ca.crt", "ca.key", "server.pem", "server.key", "north.key", "north.pub", "south.key", "south.pub"}
-    assert {p.name for p in out.iterdir()} == names
-    for name in ("server.pem", "north.key", "south.pub", "ca.crt"):
+    names = COORDINATOR_FILES
+    assert {p.name for p in out.iterdir()} == names  # no site's private key: sites make their own
+    assert {p.name for p in out.glob("*.key")} == {"ca.key", "server.key", "app-signing.key"}
+    for name in ("server.pem", "ca.crt", "app-signing.key", "trusted-entities.yaml", "medfed site keygen"):
         assert name in err
 
     ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
@@ -76,6 +80,16 @@ def test_certs_creates_a_ca_a_server_certificate_and_site_keys(cli, capsys, tmp_
     for name in names:
         mode = stat.S_IMODE((out / name).stat().st_mode)
         assert mode == (0o600 if name.endswith(".key") else 0o644), (name, oct(mode))
+
+
+def test_trial_site_keys_are_written_only_when_asked_for(cli, capsys, tmp_path):
+    out = tmp_path / "creds"
+    assert cli("certs", "--out", out, "--coordinator-host", "localhost", "--trial-site-keys", "north,south") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert {p.name for p in out.iterdir()} == COORDINATOR_FILES | {"north.key", "north.pub", "south.key", "south.pub"}
+    assert "trial on one machine" in err and "medfed site keygen" in err
+    for name in ("north.key", "south.key"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
 
 
 def test_site_keys_are_what_flower_reads(creds):
@@ -94,7 +108,7 @@ def test_site_keys_are_what_flower_reads(creds):
 def test_private_keys_stay_private_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
-        placements = create_credentials(tmp_path / "c", "fl.example.org", [], ["north"])
+        placements = create_credentials(tmp_path / "c", "fl.example.org", [], trial_sites=["north"])
     finally:
         os.umask(old)
     for p in placements:
@@ -103,7 +117,7 @@ def test_private_keys_stay_private_whatever_the_umask(tmp_path):
 
 def test_certs_refuse_to_overwrite(cli, capsys, creds):
     before = {p.name: p.read_bytes() for p in creds.iterdir()}
-    code = cli("certs", "--out", creds, "--coordinator-host", "other.example.org", "--sites", "north")
+    code = cli("certs", "--out", creds, "--coordinator-host", "other.example.org")
     err = capsys.readouterr().err
     assert code == 2
     assert f"{creds / 'ca.crt'} already exists" in err
@@ -111,10 +125,11 @@ def test_certs_refuse_to_overwrite(cli, capsys, creds):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sites", "north,north"], "north listed twice"),
-    (["--sites", "../evil"], "'../evil' is not a usable site name"),
-    (["--sites", "north", "--coordinator-ip", "not-an-ip"], "--coordinator-ip: 'not-an-ip'"),
-    (["--sites", "north", "--days", "0"], "--days"),
+    (["--trial-site-keys", "north,north"], "north listed twice"),
+    (["--trial-site-keys", "../evil"], "'../evil' is not a usable site name"),
+    (["--trial-site-keys", "app-signing"], "would clash with the coordinator's files"),
+    (["--coordinator-ip", "not-an-ip"], "--coordinator-ip: 'not-an-ip'"),
+    (["--days", "0"], "--days"),
 ])
 def test_certs_bad_arguments(cli, capsys, tmp_path, args, message):
     code = cli("certs", "--out", tmp_path / "c", "--coordinator-host", "fl.example.org", *args)
@@ -201,10 +216,92 @@ def test_missing_or_exposed_private_key(cli, capsys, tmp_path, creds, small_npz)
 
 
 def test_public_key_of_another_site(cli, capsys, tmp_path, creds, small_npz):
-    create_credentials(tmp_path / "other", "fl.example.org", [], ["south"])
+    create_credentials(tmp_path / "other", "fl.example.org", [], trial_sites=["south"])
     yaml = _site_yaml(tmp_path, creds, f"{{format: npz, path: {small_npz}}}")
     yaml.write_text(yaml.read_text().replace(str(creds / "north.pub"), str(tmp_path / "other" / "south.pub")))
     _expect_config_error(cli, capsys, yaml, "'coordinator.public_key'", "not the public half")
+
+
+@pytest.fixture
+def synthetic_npz(tmp_path) -> Path:
+    from deployment_helpers import site_npz
+
+    return site_npz(tmp_path / "north.npz")
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "trusted entities not found"),
+    ("medfed-1: [unclosed\n", "not YAML"),
+    ("just text\n", "not a mapping"),
+    ("medfed-1: 'ecdsa-sha2-nistp384 {ec}'\n", "Ed25519"),
+])
+def test_bad_trusted_entities(cli, capsys, tmp_path, creds, synthetic_npz, content, words):
+    yaml = _site_yaml(tmp_path, creds, "{format: npz, path: north.npz}")
+    trusted = tmp_path / "trusted.yaml"
+    if content is not None:
+        ec_blob = (creds / "north.pub").read_text().split()[1]
+        trusted.write_text(content.replace("{ec}", ec_blob))
+    yaml.write_text(yaml.read_text().replace(str(creds / "trusted-entities.yaml"), "trusted.yaml"))
+    _expect_config_error(cli, capsys, yaml, "'coordinator.trusted_entities'", str(trusted), words)
+
+
+def test_trusted_entities_required_unless_insecure(cli, capsys, tmp_path, creds, synthetic_npz):
+    yaml = _site_yaml(tmp_path, creds, "{format: npz, path: north.npz}")
+    yaml.write_text("".join(line for line in yaml.read_text().splitlines(True) if "trusted_entities" not in line))
+    _expect_config_error(cli, capsys, yaml, "'coordinator.trusted_entities'", "required unless insecure: true")
+
+
+def test_site_key_made_at_the_site_and_readable_by_its_group(cli, capsys, tmp_path, creds, synthetic_npz):
+    keys = tmp_path / "keys"
+    assert cli("site", "keygen", "north", "--out", keys) == 0
+    yaml = _site_yaml(tmp_path, creds, "{format: npz, path: north.npz}")
+    yaml.write_text(yaml.read_text().replace(str(creds / "north."), str(keys / "north.")))
+    assert cli("site", "check", yaml) == 0, capsys.readouterr().err
+    (keys / "north.key").chmod(0o640)
+    _expect_config_error(cli, capsys, yaml, "'coordinator.private_key'", f"{keys / 'north.key'} is readable by other",
+                         f"chmod 600 {keys / 'north.key'}")
+
+
+@pytest.mark.parametrize("address, ok", [
+    ("fl.example.org:8000", False), ("10.0.0.5:8000", False), ("localhost.example.org:8000", False),
+    ("127.0.0.1:8000", True), ("127.0.1.1:8000", True), ("localhost:8000", True), ("[::1]:8000", True),
+])
+def test_insecure_only_with_a_coordinator_on_loopback(cli, capsys, tmp_path, synthetic_npz, address, ok):
+    yaml = _write_yaml(tmp_path / "SITE.yaml", f"""\
+name: north
+data: {{format: npz, path: north.npz}}
+insecure: true
+coordinator: {{address: '{address}'}}
+""")
+    if ok:
+        assert cli("site", "check", yaml) == 0, capsys.readouterr().err
+    else:
+        _expect_config_error(cli, capsys, yaml, "'insecure'", address)
+
+
+def test_insecure_server_only_on_loopback(cli, capsys, tmp_path):
+    config = _write_yaml(tmp_path / "exp.yaml", f"name: t\ndata: {{root: {tmp_path / 'no-data'}}}\n")
+    state, out = tmp_path / "state", tmp_path / "run"
+    code = cli("server", "start", config, "--insecure", "--host", "0.0.0.0", "--state", state, "--output", out)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--insecure: --host 0.0.0.0 is not a loopback address" in err
+    assert not state.exists() and not out.exists()  # refused before anything was read, written or started
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True), ("LOCALHOST", True),
+    ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False), ("fl.example.org", False),
+    ("localhost.example.org", False),
+])
+def test_check_insecure_host(host, ok):
+    from medfed.server.coordinator import check_insecure_host
+
+    if ok:
+        check_insecure_host(host)
+    else:
+        with pytest.raises(MedfedError, match="not a loopback address"):
+            check_insecure_host(host)
 
 
 # ---- site check ----------------------------------------------------------------------------
