@@ -451,9 +451,13 @@ def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
         assert not processes.alive(superlink)
 
         audit = read_audit_log(tmp_path / "north" / "state" / "audit.log")
-        assert {(e["round"], e["direction"], e["kind"]) for e in audit} >= {
+        messages = [e for e in audit if e["direction"] in ("in", "out")]
+        assert {(e["round"], e["direction"], e["kind"]) for e in messages} >= {
             (1, "in", "train"), (1, "out", "train"), (2, "in", "train"), (2, "out", "train")}
-        assert all(set(e) == set(FIELDS) and e["status"] in ("accepted", "sent") for e in audit)
+        assert all(set(e) == set(FIELDS) and e["status"] in ("accepted", "sent") for e in messages)
+        # before each message, the site checked the run's app: medfed's own, signed by the federation
+        apps = [e for e in audit if e["kind"] == "app"]
+        assert len(apps) == len(messages) // 2 and all(e["status"] == "accepted" and e["signed_by"] for e in apps)
 
         for name in ("north", "south"):
             procs.popen[name].send_signal(signal.SIGTERM)
