@@ -20,9 +20,9 @@ What flwr 1.41 reads (``flwr/superlink/cli/flower_superlink.py``,
   an unencrypted ``-----BEGIN OPENSSH PRIVATE KEY-----`` file holding an EC key (PKCS#8
   PEM is refused). ``--auth-supernode-public-key`` is deprecated: the public key is
   derived from the private one. A SuperNode whose key is not registered is turned away.
-- SuperNode ``--trusted-entities trusted-entities.yaml``: a YAML mapping of key id to an
-  OpenSSH ``ssh-ed25519`` public key line; a FAB is run only when one of its signatures
-  was made by one of these keys (Flower checks that the keys are Ed25519).
+- ``trusted-entities.yaml``: a YAML mapping of key id to an OpenSSH ``ssh-ed25519`` public
+  key line (the format of Flower's ``--trusted-entities``); a site runs a run only when its
+  app carries a signature by one of these keys (`medfed.client.app_check`).
 
 Node and TLS keys are ECDSA on SECP384R1; the app-signing key is Ed25519 (Flower verifies
 apps with Ed25519 only). Private keys are created with mode 0600 by ``os.open``, so they
@@ -169,7 +169,7 @@ def app_signing_files(key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    trusted = ("# medfed federation: flower-supernode --trusted-entities; a site runs only apps signed by this key\n"
+    trusted = ("# medfed federation: a site runs only apps signed by this key (coordinator.trusted_entities)\n"
                f"{key_id(key.public_key())}: '{public.decode()} {APP_SIGNING_COMMENT}'\n")
     return private, trusted.encode()
 
@@ -241,7 +241,7 @@ def create_credentials(out: Path, host: str, ips: list[str], days: int = 365,
     signing_key, trusted = app_signing_files(Ed25519PrivateKey.generate())
     files.append((APP_SIGNING_KEY, signing_key, "coordinator only", "signs every run's Flower app (FAB)"))
     files.append((TRUSTED_ENTITIES, trusted, "every site",
-                  "SuperNode --trusted-entities; coordinator.trusted_entities in SITE.yaml"))
+                  "coordinator.trusted_entities in SITE.yaml"))
     for site in trial_sites:
         private, public = node_key_files(ec.generate_private_key(CURVE()), site)
         files.append((f"{site}.key", private, f"site {site} only (trial on one machine)",
@@ -364,7 +364,7 @@ def load_app_signing_key(path: Path) -> tuple[str, Ed25519PrivateKey]:
 
 
 def load_trusted_entities(path: Path) -> dict[str, Ed25519PublicKey]:
-    """``trusted-entities.yaml`` as ``flower-supernode --trusted-entities`` reads it: key id ->
+    """``trusted-entities.yaml`` (the format of Flower's ``--trusted-entities``): key id ->
     the Ed25519 key whose signature on a run's app the site accepts."""
     import yaml
 
