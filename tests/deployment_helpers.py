@@ -54,6 +54,48 @@ policy:
     return path
 
 
+def trial_credentials(cli, folder: Path, sites: list[str], others: tuple[str, ...] = ("rogue",)) -> tuple[Path, Path]:
+    """``medfed certs`` with trial keys for ``sites`` and ``others``, and a folder of the public
+    keys the coordinator allows (``sites`` only): (creds, allowed)."""
+    creds, allowed = folder / "creds", folder / "allowed"
+    assert cli("certs", "--out", creds, "--coordinator-host", "localhost",
+               "--trial-site-keys", ",".join([*sites, *others])) == 0
+    allowed.mkdir()
+    for name in sites:
+        (allowed / f"{name}.pub").write_bytes((creds / f"{name}.pub").read_bytes())
+    return creds, allowed
+
+
+def substitute_app(folder: Path, files: dict[str, str], components=("evil.server:app", "evil.client:app"),
+                   config: str = 'output-dir = "/tmp/x"') -> Path:
+    """A Flower app that is not medfed's, as anyone able to submit a run could write it."""
+    folder.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(f"""\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "evil"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "evil"
+
+[tool.flwr.app.components]
+serverapp = "{components[0]}"
+clientapp = "{components[1]}"
+
+[tool.flwr.app.config]
+{config}
+""")
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
 def shards(source: Path, sites: list[str], out: Path) -> Path:
     """Small per-site shards of PneumoniaMNIST, and the coordinator's own test slice."""
     return write_shards(source, sites, out)

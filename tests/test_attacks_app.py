@@ -16,7 +16,7 @@ import pytest
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.config import flatten_dict, get_fab_config
 
-from deployment_helpers import site_yaml
+from deployment_helpers import site_yaml, substitute_app
 from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.client.app_check import AppRefused, check_app
 from medfed.client.app_process import admit
@@ -66,34 +66,6 @@ def test_medfeds_own_signed_app_is_accepted(tmp_path, federation):
     assert len(checked.fab_sha256) == 64
 
 
-def _evil_app(folder: Path, *, components: tuple[str, str], files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "pyproject.toml").write_text(f"""\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "evil"
-version = "1.0.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "evil"
-
-[tool.flwr.app.components]
-serverapp = "{components[0]}"
-clientapp = "{components[1]}"
-
-[tool.flwr.app.config]
-output-dir = "/tmp/x"
-""")
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-    return folder
-
-
 @pytest.mark.parametrize("components, files, reason", [
     (("evil.server:app", "evil.client:app"), {"evil/__init__.py": "", "evil/client.py": EVIL_CLIENT},
      "holds files medfed's app never has"),
@@ -104,7 +76,7 @@ output-dir = "/tmp/x"
     (("evil.server:app", "evil.client:app"), {}, "components"),
 ])
 def test_a_substitute_app_is_refused_and_never_imported(tmp_path, federation, components, files, reason):
-    app = _evil_app(tmp_path / "evil", components=components, files=files)
+    app = substitute_app(tmp_path / "evil", files, components)
     fab = build_fab_from_disk(app)
     with pytest.raises(AppRefused, match=reason):
         check_app(fab, _run_config(fab), _trusted(federation))
@@ -179,8 +151,7 @@ def test_the_site_records_every_verdict_in_its_audit_log(tmp_path, federation):
     site = site_yaml(tmp_path / "north", creds, "north")
     node_config = {"site-config": str(site)}
     good = build_fab_from_disk(_signed_app(tmp_path / "app", creds))
-    evil = build_fab_from_disk(_evil_app(tmp_path / "evil", components=("evil.server:app", "evil.client:app"),
-                                         files={"evil/client.py": EVIL_CLIENT}))
+    evil = build_fab_from_disk(substitute_app(tmp_path / "evil", {"evil/client.py": EVIL_CLIENT}))
 
     def task(fab: bytes, override: dict | None = None):
         message = SimpleNamespace(metadata=SimpleNamespace(run_id=77, message_id="m1"))

@@ -29,7 +29,9 @@ import pytest
 from flwr.cli.build import build_fab_from_disk
 
 from conftest import pneumonia_or_skip
-from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, until
+from deployment_helpers import (
+    Procs, experiment_yaml, free_port, shards, site_yaml, substitute_app, trial_credentials, until,
+)
 from medfed.client.app_process import APP_REFUSED
 from medfed.client.audit_log import read_audit_log
 
@@ -75,37 +77,6 @@ def steal(msg: Message, context: Context) -> Message:
 """
 
 
-def _evil_app(folder: Path, record: Path) -> Path:
-    (folder / "evil").mkdir(parents=True)
-    (folder / "evil" / "__init__.py").write_text("")
-    (folder / "evil" / "server.py").write_text(EVIL_SERVER)
-    (folder / "evil" / "client.py").write_text(EVIL_CLIENT)
-    (folder / "pyproject.toml").write_text(f"""\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "evil"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "evil"
-
-[tool.flwr.app.components]
-serverapp = "evil.server:app"
-clientapp = "evil.client:app"
-
-[tool.flwr.app.config]
-record = "{record}"
-""")
-    return folder
-
-
 def _flwr(flwr_home: Path, *args, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "flwr"), *map(str, args)], capture_output=True,
                           text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
@@ -120,13 +91,7 @@ def _refused(done: subprocess.CompletedProcess) -> bool:
 def test_outsiders_and_substitute_apps_fail_against_a_live_federation(tmp_path, cli):
     source = pneumonia_or_skip()
     sites = ["north", "south"]
-    creds = tmp_path / "creds"
-    assert cli("certs", "--out", creds, "--coordinator-host", "localhost",
-               "--trial-site-keys", ",".join([*sites, "rogue"])) == 0
-    keys = tmp_path / "allowed"
-    keys.mkdir()
-    for name in sites:
-        (keys / f"{name}.pub").write_bytes((creds / f"{name}.pub").read_bytes())
+    creds, keys = trial_credentials(cli, tmp_path, sites)
     coordinator = shards(source, sites, tmp_path)
     port = free_port()
     for name in sites:
@@ -150,7 +115,9 @@ def test_outsiders_and_substitute_apps_fail_against_a_live_federation(tmp_path, 
         outsider.mkdir()
         (outsider / "config.toml").write_text(f'[superlink]\ndefault = "coord"\n\n[superlink.coord]\n'
                                               f'address = "127.0.0.1:{port}"\nroot-certificates = "{creds / "ca.crt"}"\n')
-        evil = _evil_app(tmp_path / "evil-app", tmp_path / "evil-record.json")
+        evil = substitute_app(tmp_path / "evil-app", {"evil/__init__.py": "", "evil/server.py": EVIL_SERVER,
+                                                      "evil/client.py": EVIL_CLIENT},
+                              config=f'record = "{tmp_path / "evil-record.json"}"')
         attempts = {
             "list runs": ("ls", "coord", "--format", "json"),
             "list nodes": ("supernode", "ls", "coord", "--format", "json"),

@@ -17,7 +17,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from conftest import pneumonia_or_skip
-from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, synthetic_images, until
+from deployment_helpers import (
+    Procs, experiment_yaml, free_port, shards, site_yaml, synthetic_images, trial_credentials, until,
+)
 from medfed.client.audit_log import FIELDS, read_audit_log, weights_digest
 from medfed.client.message_checks import (
     HISTOGRAM_BINS, MALFORMED_MESSAGE, REPLY_WITHHELD, ReplyWithheld, check_reply, model_layout,
@@ -402,13 +404,7 @@ def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tm
 def test_deployed_federation_over_tls_with_node_authentication(tmp_path, cli):
     source = pneumonia_or_skip()
     sites = ["north", "south", "east"]
-    creds = tmp_path / "creds"
-    assert cli("certs", "--out", creds, "--coordinator-host", "localhost",
-               "--trial-site-keys", ",".join([*sites, "rogue"])) == 0
-    keys = tmp_path / "allowed"
-    keys.mkdir()
-    for name in sites:
-        (keys / f"{name}.pub").write_bytes((creds / f"{name}.pub").read_bytes())
+    creds, keys = trial_credentials(cli, tmp_path, sites)
     coordinator = shards(source, [*sites, "rogue"], tmp_path)
     port = free_port()
     for name in [*sites, "rogue"]:
