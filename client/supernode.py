@@ -6,6 +6,11 @@ serves its local Runtime API to its own ClientApp processes on 127.0.0.1
 the coordinator's name resolves, and, when the coordinator answers, that its TLS
 certificate is valid for that name and signed by ``coordinator.ca_cert``.
 
+The SuperNode runs with ``--isolation process``: it never starts app processes itself.
+Beside it, medfed's launcher (`medfed.client.app_launcher`) takes each ClientApp task and
+runs medfed's installed ClientApp once the run's app has passed the site's check; it is
+started again if it ever stops.
+
 ``flower-supernode`` retries on its own while the network is down (without limit unless
 ``--max-retries``/``--max-wait-time``, after which medfed stops too). It ends itself when
 a restarted coordinator no longer knows it; medfed then starts it again after a pause that
@@ -19,8 +24,10 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,7 +36,7 @@ from rich.console import Console
 from medfed.client.deployed_site import SITE_CONFIG_KEY
 from medfed.errors import MedfedError
 from medfed.server.flwr_cli import toml_string
-from medfed.server.processes import Tracked, command, flower_env, spawn, stop, track
+from medfed.server.processes import Tracked, alive, command, flower_env, spawn, stop, track
 
 NODE_CONFIG_FILE = "supernode-node-config.toml"
 DEFAULT_RUNTIME_PORT = 9094
@@ -129,14 +136,12 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
     env = flower_env(FLWR_HOME=str(Path(cfg.state_dir) / "flwr"))  # the site's Flower files stay in its state
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     pause, connected = 10.0, False
-    launcher = None
     try:
-        launcher = _start_launcher(runtime_port, Path(site_yaml), env)
         while True:
             console.print(f"site {cfg.name}: connecting to {cfg.coordinator.address} "
                           f"(audit log {cfg.audit_log})", highlight=False)
             started = time.monotonic()
-            code = _supervise(args, env)  # returns only when flower-supernode ended on its own
+            code = _supervise(args, env, lambda: _start_launcher(runtime_port, Path(site_yaml), env), console)
             ran = time.monotonic() - started
             # Flower exits 1 when its first activation fails, but 0 when it stops itself after the
             # SuperLink refused its heartbeat, which only an activated SuperNode sends: it had
@@ -158,23 +163,31 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if launcher is not None:
-            stop([launcher])
 
 
 def _start_launcher(runtime_port: int, site_yaml: Path, env: dict[str, str]) -> Tracked:
-    """medfed's ClientApp launcher beside the SuperNode, for as long as the site runs."""
+    """medfed's ClientApp launcher (`medfed.client.app_launcher`), beside the SuperNode."""
     process = spawn([sys.executable, "-m", "medfed.client.app_launcher", "--runtime-api-address",
                      f"127.0.0.1:{runtime_port}", "--site-config", str(site_yaml.resolve())], None, env)
     return track(process.pid, "medfed app launcher")
 
 
-def _supervise(args: list[str], env: dict[str, str]) -> int:
-    """Run flower-supernode to its end; on any interruption, end it and its helpers first."""
+def _supervise(args: list[str], env: dict[str, str], start_launcher: Callable[[], Tracked], console: Console,
+               check_every: float = 5.0) -> int:
+    """Run flower-supernode to its end, with medfed's launcher beside it (started again if it
+    ever stops: without it the site would take no task); on any interruption, end both and
+    their helpers first."""
     process = spawn(args, None, env)
     supernode = track(process.pid, "flower-supernode")
+    launcher = start_launcher()
     try:
-        return process.wait()
+        while True:
+            try:
+                return process.wait(timeout=check_every)
+            except subprocess.TimeoutExpired:
+                if not alive(launcher):
+                    console.print("[yellow]medfed's app launcher stopped; starting it again[/]")
+                    launcher = start_launcher()
     finally:
-        stop([supernode])
+        stop([supernode, launcher])
         process.poll()
