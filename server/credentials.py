@@ -5,7 +5,7 @@ CA; each hospital's SuperNode trusts that CA and proves who it is with its own k
 made at the site (``medfed site keygen``) so that its private half never travels. The
 coordinator signs every run's Flower app (FAB) with the federation's app-signing key, and
 each site accepts only apps signed by a key in its ``trusted-entities.yaml``.
-What flwr 1.41 reads (``flwr/superlink/cli/flower_superlink.py``,
+What flwr 1.42 reads (``flwr/superlink/cli/flower_superlink.py``,
 ``flwr/supernode/cli/flower_supernode.py``, ``flwr/cli/supernode/register.py``):
 
 - SuperLink: ``flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem
