@@ -224,15 +224,15 @@ def start_federation(opts: StartOptions, console: Console) -> int:
         raise MedfedError(f"a federation is already running from {state_dir}; "
                           f"'medfed server stop --state {opts.state_dir}' first")
     check_port(opts.host, opts.port)
+    from medfed.server.fleet_proxy import free_loopback_port, nginx_binary
+
+    nginx_binary()  # a missing nginx stops here, before anything is written or started
     if opts.insecure:
         console.print("[bold red]WARNING: --insecure: no TLS and no site authentication. Anyone who can reach "
                       f"port {opts.port} can join and read the model. For a trial on one machine only.[/]")
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     flwr_home, log_file = state_dir / "flwr", state_dir / SUPERLINK_LOG
-    from medfed.server.fleet_proxy import free_loopback_port, nginx_binary
-
-    nginx_binary()  # missing nginx stops here, before any process
     superlink_port = free_loopback_port()
     address = f"127.0.0.1:{superlink_port}"  # the Control API: this machine only
     flwr_cli.write_connection(flwr_home, address, tls[0] if tls else None)

@@ -38,9 +38,11 @@ SELF_REGISTRATION_ENDPOINTS = ("register-node", "unregister-node")
 INSTALL_HINT = "install it with 'apt-get install nginx' (scripts/setup.sh does)"
 
 
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")  # where packages put it, often off a user's PATH
+
+
 def nginx_binary() -> str:
-    path = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-                                          if Path(p).is_file()), None)
+    path = shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).is_file()), None)
     if path is None:
         raise MedfedError(f"nginx not found: the coordinator needs it in front of the SuperLink; {INSTALL_HINT}")
     return path

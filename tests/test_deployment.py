@@ -397,6 +397,21 @@ def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tm
     assert not (tmp_path / "s").exists()  # nothing started, nothing written
 
 
+def test_server_start_without_nginx_stops_before_starting_anything(cli, capsys, tmp_path, coordinator_data,
+                                                                    monkeypatch):
+    from medfed.server import fleet_proxy
+
+    create_credentials(tmp_path / "creds", "localhost", [], trial_sites=["north"])
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"name: t\ndata: {{root: {coordinator_data}}}\nmodel: {{name: cnn}}\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(fleet_proxy, "NGINX_PATHS", ())
+    assert cli("server", "start", config, "--certs", tmp_path / "creds", "--state", tmp_path / "s",
+               "--port", free_port()) == 2
+    assert "nginx not found" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing started, nothing written
+
+
 # ---- end to end: a SuperLink and three SuperNodes as separate processes ---------------------
 
 
