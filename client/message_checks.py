@@ -5,8 +5,10 @@ reads, with the right types and sensible values, for a model medfed knows, and w
 weights fit that model exactly. Anything else is malformed and refused before training.
 
 Out: the model's own weights (the same names and shapes as received) and the
-metrics medfed declares: scalars, plus the two fixed-size score histograms of binary
-evaluation. No other arrays, lists or records, so no per-sample data can leave.
+metrics medfed declares for the round's task: scalars, plus the two fixed-size score
+histograms of binary evaluation, whose bins hold non-negative counts of at most the
+reply's validation images. No other arrays, lists or records, so no per-sample data can
+leave.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from medfed.config import TASKS
 from medfed.errors import MedfedError
+from medfed.models import classification, segmentation
 from medfed.models.classification import LOGIT_EDGES
 from medfed.models.registry import TASK_MODELS
 from medfed.models.spec import ModelSpec
@@ -42,6 +45,12 @@ SCALAR_METRICS = frozenset({"train_loss", "num-examples", "site", UNIT_WEIGHT, K
 HISTOGRAMS = frozenset({"hist-pos", "hist-neg"})
 HISTOGRAM_BINS = len(LOGIT_EDGES) - 1
 VALIDATION_PREFIX = "val_"
+# validation metrics each task declares (the GAN is scored on the coordinator's test set only)
+VALIDATION_METRICS = {
+    "classification": frozenset(VALIDATION_PREFIX + name for name in classification.METRIC_NAMES),
+    "segmentation": frozenset(VALIDATION_PREFIX + name for name in segmentation.METRIC_NAMES),
+    "gan": frozenset(),
+}
 
 
 class MalformedMessage(MedfedError):
@@ -167,12 +176,23 @@ def _check_reply(request: Message, reply: Message) -> None:
         raise ReplyWithheld("an evaluation reply holds arrays")
     if len(content.metric_records) != 1:
         raise ReplyWithheld("the reply must hold one metric record")
-    for name, value in next(iter(content.metric_records.values())).items():
+    declared = SCALAR_METRICS | VALIDATION_METRICS[str(request.content.config_records["config"]["model-task"])]
+    metrics = next(iter(content.metric_records.values()))
+    for name, value in metrics.items():
         if name in HISTOGRAMS:
-            if not isinstance(value, list) or len(value) != HISTOGRAM_BINS:
-                raise ReplyWithheld(f"metric '{name}' is not a {HISTOGRAM_BINS}-bin histogram")
-        elif name in SCALAR_METRICS or name.startswith(VALIDATION_PREFIX):
+            _check_histogram(name, value, metrics.get("num-examples"))
+        elif name in declared:
             if isinstance(value, list):
                 raise ReplyWithheld(f"metric '{name}' is a list; only declared histograms may be")
         else:
-            raise ReplyWithheld(f"metric '{name}' is not one medfed declares")
+            raise ReplyWithheld(f"metric '{name}' is not one medfed declares for this task")
+
+
+def _check_histogram(name: str, counts, examples) -> None:
+    """A score histogram: the declared number of bins, each a count of validation images."""
+    if not isinstance(counts, list) or len(counts) != HISTOGRAM_BINS:
+        raise ReplyWithheld(f"metric '{name}' is not a {HISTOGRAM_BINS}-bin histogram")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise ReplyWithheld(f"metric '{name}' holds values that are not non-negative integer counts")
+    if not isinstance(examples, int) or sum(counts) > examples:
+        raise ReplyWithheld(f"metric '{name}' counts more images than the reply's num-examples")

@@ -50,6 +50,8 @@ def probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
 # Bins of the positive class's log-odds: trained networks are confident, so equal steps
 # in probability would put most cases into the first and last bin.
 LOGIT_EDGES = np.linspace(-12.0, 12.0, 241)
+# every name `metrics` returns: a site's replies may carry these and nothing else
+METRIC_NAMES = frozenset({"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "non_finite_outputs"})
 
 
 def _log_odds(probs: np.ndarray) -> np.ndarray:

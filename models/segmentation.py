@@ -23,6 +23,8 @@ from torch import nn
 
 SEGMENTATION = "segmentation"
 AUC_PIXELS = 2_000_000  # pixels scored for the AUC: a fixed random sample beyond this
+# every name `metrics` and `summarise` return: a site's replies may carry these and nothing else
+METRIC_NAMES = frozenset({"dice", "iou", "hd95", "auc", "images"})
 
 
 UNET_CHANNELS = (16, 32, 64, 128)

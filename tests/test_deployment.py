@@ -162,18 +162,32 @@ def test_audit_log_records_each_message_and_replies_carry_only_weights_and_metri
     assert os.stat(site.parent / "state" / "audit.log").st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("leak", ["extra arrays", "per-sample list", "undeclared metric", "config record"])
+@pytest.mark.parametrize("leak", ["extra arrays", "per-sample list", "undeclared metric", "config record",
+                                  "pixels as validation metrics", "another task's metric", "pixels as a histogram",
+                                  "negative counts", "more counts than images"])
 def test_a_reply_with_more_than_weights_and_declared_metrics_is_withheld(site, leak):
     config, arrays, _ = _round()
     request = _message(config, arrays)
     metrics = MetricRecord({"train_loss": 0.5, "num-examples": 24})
     records = {"arrays": arrays, "metrics": metrics}
+    histogram = [0] * HISTOGRAM_BINS
     if leak == "extra arrays":
         records["images"] = ArrayRecord({"x": Array(np.zeros((24, 28, 28), np.float32))})
     elif leak == "per-sample list":
         metrics["val_loss"] = [0.1] * 24
     elif leak == "undeclared metric":
         metrics["patient_ids"] = 3
+    elif leak == "pixels as validation metrics":  # one image, a pixel per metric
+        for i, value in enumerate(synthetic_images(1, 0)[0].reshape(-1)[:784]):
+            metrics[f"val_px{i}"] = float(value)
+    elif leak == "another task's metric":
+        metrics["val_dice"] = 0.5  # a classification round declares no Dice
+    elif leak == "pixels as a histogram":
+        metrics["hist-pos"] = [float(v) / 255 for v in synthetic_images(1, 0)[0].reshape(-1)[:HISTOGRAM_BINS]]
+    elif leak == "negative counts":
+        metrics["hist-pos"] = [-1] + histogram[1:]
+    elif leak == "more counts than images":
+        metrics["hist-neg"] = [25] + histogram[1:]
     else:
         records["config"] = ConfigRecord({"path": "/data/north"})
     leaky = Message(RecordDict(records), reply_to=request)
@@ -182,6 +196,23 @@ def test_a_reply_with_more_than_weights_and_declared_metrics_is_withheld(site, l
     reply = _control(site)(request, _context(site), lambda msg, ctxt: leaky)
     assert reply.has_error() and reply.error.code == REPLY_WITHHELD and not reply.has_content()
     assert read_audit_log(site.parent / "state" / "audit.log")[-1]["status"] == "withheld"
+
+
+def test_every_metric_a_task_produces_is_declared():
+    from medfed.client.message_checks import VALIDATION_METRICS
+    from medfed.models import classification, segmentation
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 12)
+    for kind, labels, scores in (("binary", rng.integers(0, 2, 12), probs[:, :2] / probs[:, :2].sum(1, keepdims=True)),
+                                 ("multiclass", rng.integers(0, 3, 12), probs),
+                                 ("multilabel", rng.integers(0, 2, (12, 3)), probs)):
+        names = {f"val_{k}" for k in classification.metrics(kind, labels, scores)}
+        assert names <= VALIDATION_METRICS["classification"], kind
+    truth = rng.integers(0, 2, (16, 16))
+    per_image = segmentation.metrics(truth, np.stack([1 - truth, truth]).astype(np.float32), None)
+    names = {f"val_{k}" for k in segmentation.summarise([per_image])}
+    assert names == VALIDATION_METRICS["segmentation"]
 
 
 def _malformed(config: dict, arrays: ArrayRecord) -> dict[str, Message]:
