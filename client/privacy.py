@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -27,6 +26,7 @@ from medfed.client import conv_grad_sampler  # noqa: F401  (registers itself wit
 from medfed.client import training
 from medfed.client.allocator import keep_freed_memory
 from medfed.client.datasets import LabelledImages
+from medfed.client.noise_calibration import calibrated_noise
 from medfed.errors import ConfigError
 from medfed.models import classification
 
@@ -82,15 +82,15 @@ def steps_per_round(n: int, s: training.TrainSettings) -> tuple[float, int]:
 
 
 def noise_for(dp: DPSettings, sample_rate: float, steps: int) -> float:
-    """The noise multiplier: given, or the least that spends ``target_epsilon`` over the
-    planned rounds (Opacus' search with the site's accountant)."""
+    """The noise multiplier: given, or the least that spends at most ``target_epsilon``
+    over the planned rounds by the site's Opacus accountant and by dp-accounting's
+    counterpart (RDP for rdp, PLD for prv), so that the epsilon the site reports is
+    within the target whichever library recomputes it (client/noise_calibration.py)."""
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     try:
-        return get_noise_multiplier(
-            target_epsilon=dp.target_epsilon, target_delta=dp.delta, sample_rate=sample_rate,
-            steps=steps * dp.planned_rounds, accountant=dp.accountant,
-        )
+        return calibrated_noise(dp.target_epsilon, dp.delta, sample_rate, steps * dp.planned_rounds,
+                                dp.accountant)
     except ValueError as exc:
         raise ConfigError(
             f"privacy.target_epsilon={dp.target_epsilon} cannot be reached in "

@@ -27,10 +27,9 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from omegaconf import DictConfig
 
+from medfed.client.noise_calibration import least_noise, opacus_epsilon
 from medfed.errors import ConfigError
 from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS
-
-MAX_NOISE = 1e4
 
 
 def client_accountant(num_sites: int, delta: float, max_epsilon: float | None) -> RdpAccountant:
@@ -50,17 +49,17 @@ def client_epsilon(noise: float, rounds: int, num_sites: int, delta: float) -> f
 
 
 def client_noise_for(target: float, rounds: int, num_sites: int, delta: float) -> float:
-    """Least noise multiplier whose epsilon after ``rounds`` rounds is at most ``target``
-    (bisection over Flower's accountant: Flower has no inverse)."""
-    low, high = 0.0, 1.0
-    while client_epsilon(high, rounds, num_sites, delta) > target:
-        high *= 2
-        if high > MAX_NOISE:
-            raise ConfigError(f"privacy.target_epsilon={target} cannot be reached in {rounds} rounds")
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (low, mid) if client_epsilon(mid, rounds, num_sites, delta) <= target else (mid, high)
-    return high
+    """Least noise multiplier whose epsilon after ``rounds`` rounds is at most ``target`` by
+    Flower's accountant (dp-accounting's RDP, which the server reports) and by Opacus'
+    RDP accountant for the same Gaussian release without sampling: see
+    client/noise_calibration.py for why two."""
+    try:
+        return least_noise([
+            lambda noise: client_epsilon(noise, rounds, num_sites, delta),
+            lambda noise: opacus_epsilon("rdp", noise, 1.0, rounds, delta),  # every site, every round
+        ], target)
+    except ValueError as exc:
+        raise ConfigError(f"privacy.target_epsilon={target} cannot be reached in {rounds} rounds") from exc
 
 
 def wrap_client_level(strategy: Strategy, cfg: DictConfig, num_sites: int) -> Strategy:
