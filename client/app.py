@@ -18,8 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from medfed.client import training
-from medfed.client.privacy import BudgetExhausted, DPSettings, SiteAccountant
+from medfed.client.privacy import ACCOUNTANT_FILE, BudgetExhausted, DPSettings, SiteAccountant
 from medfed.client.privacy_mods import client_level_clipping_mod
+from medfed.client.round_cache import RoundCache
 from medfed.client.site import Site
 from medfed.client.tasks import CLASSIFICATION, local_evaluate, local_train
 from medfed.privacy import BUDGET_EXHAUSTED, DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
@@ -149,8 +150,11 @@ def make_client_app(locate_site: Callable[[dict], Site], mods: Sequence = ()) ->
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = locate_site(context.node_config)
+        received, config = msg.content["arrays"], msg.content["config"]
+        # a round sent again after a coordinator restart is answered without training again
+        cache = RoundCache(site.state_dir, (ACCOUNTANT_FILE, NORM_STATE_FILE))
         try:
-            arrays, metrics = train_site(site, msg.content["arrays"], msg.content["config"])
+            arrays, metrics = cache.answer(received, config, lambda: train_site(site, received, config))
         except BudgetExhausted as exc:
             log.warning("%s refuses round %s: %s", site.name, msg.content["config"]["server-round"], exc)
             return Message(Error(code=BUDGET_EXHAUSTED, reason=f"{site.name}: {exc}"), reply_to=msg)

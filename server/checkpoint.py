@@ -1,21 +1,35 @@
 """Round checkpoints of the global model and the strategy, for ``--resume``.
 
 A checkpoint holds the round just finished, the global weights, the strategy's own
-state (server momentum, FedAdam moments) and the configuration it was made with. It
-is written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+state (server momentum, FedAdam moments), the configuration it was made with and the
+``metrics.jsonl`` lines of the finished rounds (the privacy ledger and the report are
+rebuilt from them, so resume does not depend on a file a kill can cut short). It is
+written to a temporary file, flushed to disk and renamed, so a crash never leaves half
+a checkpoint: the last one stays until the new one is whole.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medfed.errors import CheckpointError
+from medfed.faults import kill_point
 
-FORMAT = 2
+FORMAT = 3  # 3 carries the round lines; 2 did not (they are then read from metrics.jsonl)
+READABLE = (2, 3)
+
+
+@dataclass
+class Checkpoint:
+    round: int  # the last finished round
+    weights: dict[str, torch.Tensor]  # the global model after it
+    rounds: list[str] | None  # metrics.jsonl's lines of rounds 1..round; None in format 2
 
 
 def strategy_state(strategy: object) -> dict[str, Any]:
@@ -46,36 +60,45 @@ def restore_strategy(strategy: object, state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    path: Path, round_: int, weights: dict[str, torch.Tensor], strategy: object, fingerprint: str
+    path: Path, round_: int, weights: dict[str, torch.Tensor], strategy: object, fingerprint: str,
+    rounds: list[str],
 ) -> None:
+    """Write the checkpoint after ``round_``; ``rounds``: the metrics.jsonl lines so far."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    torch.save(
-        {
-            "format": FORMAT,
-            "round": round_,
-            "weights": weights,
-            "strategy": pickle.dumps(strategy_state(strategy)),
-            "fingerprint": fingerprint,
-        },
-        partial,
-    )
+    with partial.open("wb") as f:
+        torch.save(
+            {
+                "format": FORMAT,
+                "round": round_,
+                "weights": weights,
+                "strategy": pickle.dumps(strategy_state(strategy)),
+                "fingerprint": fingerprint,
+                "rounds": list(rounds),
+            },
+            f,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    kill_point("checkpoint-write", round_)
     partial.replace(path)
 
 
-def load_checkpoint(path: Path, strategy: object, fingerprint: str) -> tuple[int, dict[str, torch.Tensor]]:
-    """Restore the strategy's state from ``path``; return the round and global weights."""
+def load_checkpoint(path: Path, strategy: object, fingerprint: str) -> Checkpoint:
+    """Restore the strategy's state from ``path``; return the rest of the checkpoint."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from: {path}")
     try:
         # Our own file, written by save_checkpoint; it holds the pickled strategy state.
         data = torch.load(path, weights_only=False)
         state = pickle.loads(data["strategy"])
-        round_, weights = int(data["round"]), data["weights"]
+        saved = Checkpoint(int(data["round"]), data["weights"], data.get("rounds"))
     except Exception as exc:  # a truncated or foreign file fails in many ways
         raise CheckpointError(f"{path}: corrupt or not a medfed checkpoint ({exc})") from exc
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READABLE:
         raise CheckpointError(f"{path}: checkpoint format {data.get('format')} is not {FORMAT}")
+    if saved.rounds is not None and len(saved.rounds) != saved.round:
+        raise CheckpointError(f"{path}: holds {len(saved.rounds)} round lines for {saved.round} rounds")
     if data.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"{path}: made with a different configuration; resume with the run's own config.yaml"
@@ -84,4 +107,4 @@ def load_checkpoint(path: Path, strategy: object, fingerprint: str) -> tuple[int
         restore_strategy(strategy, state)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its strategy state does not fit this strategy ({exc})") from exc
-    return round_, weights
+    return saved

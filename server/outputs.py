@@ -3,22 +3,35 @@
 ``config.yaml`` (resolved), ``metrics.jsonl`` (a line per round), plots as PNG, the
 final model and, written last, ``summary.json``: a run without it never finished.
 Optional wandb logging mirrors the round lines (offline unless the user logged in).
+
+``metrics.jsonl`` is for people and plots; what ``--resume`` needs of the finished
+rounds travels in the checkpoint, which puts the file back as it was when a run that was
+killed (or a user) left it cut short, damaged or deleted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medfed.errors import MedfedError
 from medfed.server.plots import plot_learning_curves
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL, CURVES, CHECKPOINT = "model.pt", "learning_curves.png", "checkpoints/last.pt"
+RUN_KEY = "checkpoints/run-key"  # the run's identity for the sites, kept across --resume
+log = logging.getLogger("medfed.server")
+
+
+class RunFileError(MedfedError):
+    """A file of the run folder cannot be read back."""
 
 
 def json_safe(value: Any) -> Any:
@@ -52,28 +65,57 @@ class RunOutputs:
     def write_config(self, yaml_text: str) -> None:
         write_atomic(self.path(CONFIG), yaml_text)
 
+    def run_key(self, resume: bool) -> str:
+        """A random name for this run, made at its start and read back on ``--resume``: the
+        sites tell a round sent again from another run's by it (Flower's run id changes)."""
+        file = self.path(RUN_KEY)
+        if resume and file.is_file() and (kept := file.read_text().strip()):
+            return kept
+        file.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(16)
+        write_atomic(file, key + "\n")
+        return key
+
     def rounds(self) -> list[dict]:
+        """The round lines of ``metrics.jsonl``; `RunFileError` naming a damaged line."""
         file = self.path(METRICS)
         if not file.is_file():
             return []
         # a line without its newline was cut short by a kill: that round is redone on resume
         *complete, _torn = file.read_text().split("\n")
-        return [json.loads(line) for line in complete if line.strip()]
+        return [_round_line(file, number, line) for number, line in enumerate(complete, 1) if line.strip()]
 
-    def keep_rounds_up_to(self, last_round: int) -> None:
-        """On resume, forget lines of rounds after the checkpoint (they will be redone)."""
-        kept = [r for r in self.rounds() if r["round"] <= last_round]
-        write_atomic(self.path(METRICS), "".join(json.dumps(r) + "\n" for r in kept))
+    def finished_rounds(self, last_round: int) -> list[str]:
+        """The lines of rounds 1 to ``last_round`` from ``metrics.jsonl``, for a checkpoint
+        that does not carry them (format 2); `RunFileError` if any is missing or damaged."""
+        rows = [row for row in self.rounds() if row["round"] <= last_round]
+        if [row["round"] for row in rows] != list(range(1, last_round + 1)):
+            raise RunFileError(
+                f"{self.path(METRICS)}: the checkpoint is after round {last_round}, but this file holds "
+                f"rounds {[row['round'] for row in rows]}: the finished rounds cannot be recovered")
+        return [json.dumps(row) for row in rows]
 
-    def log_round(self, row: dict) -> None:
+    def restore_rounds(self, lines: list[str]) -> None:
+        """On resume: ``metrics.jsonl`` becomes exactly the finished rounds' ``lines`` (from
+        the checkpoint); rounds after them are dropped, as they will be redone."""
+        file, text = self.path(METRICS), "".join(line + "\n" for line in lines)
+        if lines and not (file.is_file() and file.read_text(errors="replace").startswith(text)):
+            log.warning("%s lacked finished rounds (cut short, damaged or deleted): rebuilt from the checkpoint",
+                        file)
+        write_atomic(file, text)
+
+    def log_round(self, row: dict) -> str:
+        """Append the round's line (strict JSON) to ``metrics.jsonl``; returns it."""
         row = json_safe(row)
+        line = json.dumps(row)
         with self.path(METRICS).open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(line + "\n")
         if self.wandb_run is not None:
             flat = {f"test/{k}": v for k, v in row.get("test", {}).items()}
             for site, values in row.get("sites", {}).items():
                 flat.update({f"{site}/{k}": v for k, v in values.items()})
             self.wandb_run.log(flat, step=row["round"])
+        return line
 
     def save_model(self, weights: dict[str, torch.Tensor], meta: dict) -> None:
         partial = self.path(MODEL + ".partial")
@@ -89,6 +131,16 @@ class RunOutputs:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(json_safe({"test": summary.get("test", {})}))
             self.wandb_run.finish()
+
+
+def _round_line(file: Path, number: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise RunFileError(f"{file}: line {number} is not a round's JSON line ({exc})") from exc
+    if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+        raise RunFileError(f"{file}: line {number} is not a round's JSON line (no round number)")
+    return row
 
 
 def start_wandb(enabled: bool, project: str, name: str, config: dict, run_dir: Path) -> Any:

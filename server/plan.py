@@ -1,7 +1,9 @@
 """What the server tells the sites each round, derived from the experiment config.
 
 Sites get the model to build, the round's hyper-parameters (the learning rate follows
-the server's schedule, so every site and every resumed run agree) and a seed.
+the server's schedule, so every site and every resumed run agree), a seed, and the run's
+key, which stays the same when the run is resumed: a site recognises by it a round sent
+again after a restart (`medfed.client.round_cache`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medfed.client import training
 from medfed.client.datasets import LabelSpace
+from medfed.client.round_cache import RUN_KEY
 from medfed.models.spec import ModelSpec
 from medfed.server.privacy import round_privacy_config
 
@@ -60,10 +63,11 @@ def round_plan(cfg: DictConfig, spec: ModelSpec, data, num_sites: int, outputs, 
     from medfed.server.rounds import RoundPlan
     from medfed.strategies import build_strategy
 
+    run_key = outputs.run_key(resume)
     return RoundPlan(
         strategy=build_strategy(cfg, num_sites),
         rounds=cfg.train.rounds,
-        site_config=lambda rnd: round_config(cfg, spec, rnd),
+        site_config=lambda rnd: round_config(cfg, spec, rnd, run_key),
         evaluate=evaluator(cfg, spec, data.test, data.pool, outputs.dir),
         initial_weights=lambda: initial_weights(cfg, spec),
         outputs=outputs,
@@ -86,7 +90,7 @@ def lr_at(cfg: DictConfig, rnd: int) -> float:
     return float(cfg.train.lr) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int) -> dict:
+def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int, run_key: str | None = None) -> dict:
     t = cfg.train
     return {
         **spec.to_config(),
@@ -103,6 +107,7 @@ def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int) -> dict:
         "amp": bool(t.amp),
         "seed": cfg.seed,
         "server-round": rnd,
+        **({RUN_KEY: run_key} if run_key else {}),
         **round_privacy_config(cfg),
     }
 

@@ -161,3 +161,5 @@ class PrivacyLedger:
         """On resume: the ledger as the last finished round left it."""
         if block and self.mechanism == "sample":
             self.sites = dict(block.get("sites", {}))
+        elif block and self.mechanism == "client":  # a run killed after its last checkpoint reports it too
+            self.central = {k: v for k, v in block.items() if k != "mechanism"}

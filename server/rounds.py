@@ -4,10 +4,15 @@ Flower's ``Strategy.start`` runs the same steps, but it cannot resume: its round
 counter always starts at 1 and it does not expose the strategy's state between rounds.
 This loop calls the strategy's own ``configure_train`` and ``aggregate_train``, so any
 Flower strategy works unchanged, and it checkpoints after every round.
+
+A resumed run redoes the round that was under way from its start, sending the sites the
+same weights and settings: sites that had already answered it send the same reply again
+(`medfed.client.round_cache`), so the redone round ends exactly as the first would have.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -24,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from medfed.errors import MedfedError
+from medfed.faults import kill_point
 from medfed.privacy import BUDGET_EXHAUSTED
 from medfed.server.privacy import PrivacyLedger
 from medfed.models.classification import operating_threshold
@@ -132,19 +138,27 @@ def _collect_updates(grid: Grid, plan: RoundPlan, messages: list[Message], rnd: 
     return replies, sites, failures, refusals, rejected
 
 
+def _resume(plan: RoundPlan) -> tuple[int, dict[str, torch.Tensor] | None, list[str]]:
+    """Where the run goes on from: the last finished round, its global weights (None
+    before round 1) and the finished rounds' lines, with metrics.jsonl made to match."""
+    checkpoint = plan.outputs.path(CHECKPOINT)
+    if not (plan.resume and checkpoint.is_file()):
+        plan.outputs.restore_rounds([])  # a run killed before its first checkpoint starts again
+        return 0, None, []
+    saved = load_checkpoint(checkpoint, plan.strategy, plan.fingerprint)
+    lines = saved.rounds if saved.rounds is not None else plan.outputs.finished_rounds(saved.round)
+    # rounds logged after the checkpoint (killed between the two writes) are redone
+    plan.outputs.restore_rounds(lines)
+    if plan.privacy is not None and lines:
+        plan.privacy.restore(json.loads(lines[-1]).get("privacy"))
+    log.info("resuming after round %d from %s", saved.round, checkpoint)
+    return saved.round, saved.weights, lines
+
+
 def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Run the remaining rounds; return the final global weights and the round lines."""
-    start_round, weights = 0, None
     checkpoint = plan.outputs.path(CHECKPOINT)
-    if plan.resume and checkpoint.is_file():
-        start_round, weights = load_checkpoint(checkpoint, plan.strategy, plan.fingerprint)
-    # rounds logged after the checkpoint (killed between the two writes) are redone
-    plan.outputs.keep_rounds_up_to(start_round)
-    if start_round:
-        kept = plan.outputs.rounds()
-        if plan.privacy is not None and kept:
-            plan.privacy.restore(kept[-1].get("privacy"))
-        log.info("resuming after round %d from %s", start_round, checkpoint)
+    start_round, weights, lines = _resume(plan)
     layout = ArrayRecord(plan.initial_weights())  # what every update must look like
     if weights is None:
         weights = plan.initial_weights()
@@ -169,6 +183,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 break
             replies, sites, failures, refusals, rejected = _collect_updates(
                 grid, plan, messages, rnd, layout, arrays)
+            kill_point("round-replies", rnd)
             usable = sum(not r.has_error() for r in replies)
             aggregated, train_metrics = (plan.strategy.aggregate_train(rnd, replies)
                                          if usable >= plan.min_sites else (None, None))
@@ -203,7 +218,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
                 "privacy": plan.privacy.block() if plan.privacy is not None else None,
                 "seconds": time.perf_counter() - started,
             }
-            plan.outputs.log_round(row)
-            save_checkpoint(checkpoint, rnd, weights, plan.strategy, plan.fingerprint)
+            lines.append(plan.outputs.log_round(row))
+            save_checkpoint(checkpoint, rnd, weights, plan.strategy, plan.fingerprint, lines)
             progress.update(task, advance=1, status=headline(test))
     return weights, plan.outputs.rounds()

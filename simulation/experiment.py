@@ -114,7 +114,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
 
     log.info("mode %s, %d sites, %d rounds -> %s", cfg.mode, len(sites), cfg.train.rounds, out)
     if resume and cfg.mode != "federated":
-        outputs.keep_rounds_up_to(0)  # baselines keep no checkpoints: they start again
+        outputs.restore_rounds([])  # baselines keep no checkpoints: they start again
     privacy, stopped = {"mechanism": "none", "epsilon": None}, None
     if cfg.mode == "federated":
         weights, test, per_site, privacy, stopped = _federated(cfg, spec, data, sites_root, len(sites),
