@@ -22,6 +22,7 @@ a tighter epsilon than RDP for the same noise (so less noise for the same target
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import dp_accounting
@@ -29,7 +30,7 @@ import numpy as np
 from opacus.accountants import create_accountant
 
 MAX_NOISE = 1e6  # Opacus' own bound in get_noise_multiplier
-RELATIVE_TOLERANCE = 1e-3  # the noise found is at most 0.1% above the least that works
+RELATIVE_TOLERANCE = 1e-4  # the noise found is at most 0.01% above the least that works
 REFERENCE = {"rdp": "dp-accounting RDP", "prv": "dp-accounting PLD"}  # the check on each accountant
 
 EpsilonOf = Callable[[float], float]  # noise multiplier -> epsilon
@@ -69,29 +70,54 @@ def calibrated_noise(target_epsilon: float, delta: float, sample_rate: float, st
 
 def least_noise(accountants: Sequence[EpsilonOf], target: float) -> float:
     """The least noise (to `RELATIVE_TOLERANCE`) at which every accountant's epsilon is at
-    most ``target``. The first is searched alone, and the noise then raised until all
-    agree: the others, which may be costly (PLD), are evaluated only near the answer."""
-    first, others = accountants[0], accountants[1:]
-    noise = _raise_until(lambda s: first(s) <= target, 0.0)
-    # above that noise the first is within (epsilon falls as noise grows): ask it last
-    return _raise_until(lambda s: all(eps(s) <= target for eps in (*others, first)), noise)
+    most ``target``. Each accountant in turn raises the noise as far as it needs, so the
+    later ones, which may be costly (PLD), are searched only near the answer; epsilon
+    falls as noise grows, so the earlier ones stay within (checked again at the end)."""
+    noise = 0.0
+    while True:
+        for epsilon in accountants:
+            noise = _least_noise(epsilon, target, noise)
+        if all(epsilon(noise) <= target for epsilon in accountants[:-1]):
+            return noise
 
 
-def _raise_until(within: Callable[[float], bool], start: float) -> float:
-    """The least noise >= ``start`` at which ``within`` holds, by bisection; epsilon falls
-    as noise grows. The value returned always satisfies ``within``, even if an
-    accountant's numerics are not perfectly monotone."""
-    if start > 0 and within(start):
-        return start
-    # grow the bracket by doubling steps: the answer is usually just above ``start``
-    low, step = start, 2 * RELATIVE_TOLERANCE * start or 1.0
-    high = low + step
-    while not within(high):
+def _least_noise(epsilon: EpsilonOf, target: float, above: float) -> float:
+    """The least noise >= ``above`` at which ``epsilon(noise) <= target``: a bracket, then
+    regula falsi (Illinois) on log epsilon against log noise, which is nearly a straight
+    line, so that a costly accountant is asked 5 to 8 times rather than 15 by bisection.
+    The noise returned always satisfies the target, whatever the accountant's numerics."""
+    def excess(noise: float) -> float:  # > 0: over the target
+        return math.log(epsilon(noise) / target)
+
+    if above > 0 and excess(above) <= 0:
+        return above
+    low, f_low = above, math.inf  # grow the bracket by doubling steps: the answer is
+    step = 2 * RELATIVE_TOLERANCE * above or 1.0  # usually just above ``above``
+    high, f_high = low + step, excess(low + step)
+    while f_high > 0:
         if high > MAX_NOISE:
             raise ValueError(f"no noise multiplier up to {MAX_NOISE:g} is enough")
-        low, step = high, step * 2
-        high = low + step
-    while high - low > RELATIVE_TOLERANCE * high:
-        mid = (low + high) / 2
-        low, high = (low, mid) if within(mid) else (mid, high)
+        low, f_low, step = high, f_high, 2 * step
+        high, f_high = low + step, excess(low + step)
+    stale = 0  # which end kept its place last time (Illinois halves its value)
+    while high - low > RELATIVE_TOLERANCE * high and f_high < -RELATIVE_TOLERANCE / 10:
+        mid = _secant(low, f_low, high, f_high)
+        f_mid = excess(mid)
+        if f_mid <= 0:
+            high, f_high = mid, f_mid
+            f_low, stale = (f_low / 2 if stale == -1 else f_low), -1
+        else:
+            low, f_low = mid, f_mid
+            f_high, stale = (f_high / 2 if stale == 1 else f_high), 1
     return high
+
+
+def _secant(low: float, f_low: float, high: float, f_high: float) -> float:
+    """Where the line through the two ends (in log noise) crosses zero, kept off the ends;
+    the midpoint while the lower end has no finite value."""
+    if not math.isfinite(f_low) or low <= 0:
+        return (low + high) / 2
+    x_low, x_high = math.log(low), math.log(high)
+    x = x_high - f_high * (x_high - x_low) / (f_high - f_low)
+    margin = (x_high - x_low) * RELATIVE_TOLERANCE
+    return math.exp(min(max(x, x_low + margin), x_high - margin))
