@@ -3,7 +3,8 @@
 The reply holds the trained weights and aggregate metrics only (loss, number of
 examples, local validation metrics, the site's index, and under DP the privacy it has
 spent): never images or per-sample data. A site refuses, with an error reply, a round
-that would take it past its privacy budget.
+outside its terms or one that would take it past its privacy budget
+(`medfed.client.site_policy.accept_round`, the same check for simulated and deployed sites).
 The same app runs in the Simulation Engine and on a hospital's SuperNode; only the
 `locate_site` callable differs.
 """
@@ -18,12 +19,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from medfed.client import training
-from medfed.client.privacy import ACCOUNTANT_FILE, BudgetExhausted, DPSettings, SiteAccountant
+from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant
 from medfed.client.privacy_mods import client_level_clipping_mod
 from medfed.client.round_cache import RoundCache
 from medfed.client.site import Site
+from medfed.client.site_policy import accept_round
+from medfed.client.site_terms import RoundRefused
 from medfed.client.tasks import CLASSIFICATION, local_evaluate, local_train
-from medfed.privacy import BUDGET_EXHAUSTED, DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
+from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
 from medfed.models import classification
 from medfed.models.spec import ModelSpec
 from medfed.strategies import FEDBN_FLAG
@@ -57,25 +60,6 @@ def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
     )
 
 
-def dp_settings_from(config: ConfigRecord, site: Site) -> DPSettings | None:
-    """Sample-level DP settings of the round, with the site's own budget if it is tighter."""
-    if config.get(DP_MECHANISM) != "sample":
-        return None
-    noise = float(config["dp-noise-multiplier"])
-    target = float(config["dp-target-epsilon"])
-    budget = float(config["dp-max-epsilon"])
-    budgets = [b for b in (budget if budget > 0 else None, site.max_epsilon) if b is not None]
-    return DPSettings(
-        noise_multiplier=noise if noise >= 0 else None,
-        target_epsilon=target if target > 0 else None,
-        planned_rounds=int(config["dp-planned-rounds"]),
-        delta=float(config["dp-delta"]),
-        max_grad_norm=float(config["dp-max-grad-norm"]),
-        max_epsilon=min(budgets) if budgets else None,
-        accountant=str(config["dp-accountant"]),
-    )
-
-
 def _site_model(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> torch.nn.Module:
     """The global model as this site uses it: with its own norm layers under FedBN."""
     torch.set_num_threads(site.threads)
@@ -97,13 +81,16 @@ def _save_local_norm(site: Site, model: torch.nn.Module) -> None:
 
 
 def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[ArrayRecord, MetricRecord]:
-    """One round of local training at ``site``, starting from the global ``arrays``."""
+    """One round of local training at ``site``, starting from the global ``arrays``; refused
+    (`RoundRefused`) outside the site's terms or past its budget, before anything is built.
+    Under DP it trains at the site's own delta and accountant, and reports that epsilon."""
+    spent = SiteAccountant(site.state_dir, site.terms.privacy.accountant)
+    private = accept_round(site.terms, config, len(site.train), spent)
+    dp, accountant = (private.dp, spent) if private is not None else (None, None)
     device = training.resolve_device(site.device)
     settings = settings_from(config, site)
     model = _site_model(site, arrays, config)
 
-    dp = dp_settings_from(config, site)
-    accountant = SiteAccountant(site.state_dir, dp.accountant) if dp is not None else None
     result = local_train(model, site.train, settings, device, dp, accountant)
     # the local model on validation data; segmentation leaves it to the evaluate round, where
     # the global model is scored: whole-image inference costs as much as a round of training
@@ -155,9 +142,9 @@ def make_client_app(locate_site: Callable[[dict], Site], mods: Sequence = ()) ->
         cache = RoundCache(site.state_dir, (ACCOUNTANT_FILE, NORM_STATE_FILE))
         try:
             arrays, metrics = cache.answer(received, config, lambda: train_site(site, received, config))
-        except BudgetExhausted as exc:
+        except RoundRefused as exc:  # outside the site's terms, or past its privacy budget
             log.warning("%s refuses round %s: %s", site.name, msg.content["config"]["server-round"], exc)
-            return Message(Error(code=BUDGET_EXHAUSTED, reason=f"{site.name}: {exc}"), reply_to=msg)
+            return Message(Error(code=exc.code, reason=f"{site.name}: {exc}"), reply_to=msg)
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()

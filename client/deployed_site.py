@@ -51,8 +51,10 @@ def _data(path: str) -> tuple:
 
 
 def locate_deployed_site(node_config) -> Site:
-    """The site this SuperNode serves, with its policy's budget as the privacy budget."""
+    """The site this SuperNode serves, with the terms of its SITE.yaml."""
+    from medfed.client.site_config import site_terms
+
     cfg = site_config_from(node_config)
     train, val = _data(node_config[SITE_CONFIG_KEY])
     return Site(cfg.name, name_index(cfg.name), train, val, Path(cfg.state_dir), cfg.device,
-                torch.get_num_threads(), cfg.policy.max_epsilon)
+                torch.get_num_threads(), site_terms(cfg))

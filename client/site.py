@@ -1,12 +1,13 @@
 """A site: its local data (train and validation), where it trains, and its state folder.
 
 In simulation each virtual hospital is a folder written by the harness; a deployed
-hospital points at its own files. Either way the ClientApp sees one `Site`.
+hospital points at its own files. Either way the ClientApp sees one `Site`, with the
+terms it holds every round to (its policy, privacy promise and training limits).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from medfed.client.datasets import LabelledImages, read_npz_split
 from medfed.client.segmentation_data import SegmentationImages
+from medfed.client.site_terms import SiteTerms
 
 SITE_DATA_FILE = "data.npz"  # train_* and val_* arrays of one site
 SEGMENTATION_FILES = ("train.npz", "val.npz")  # a segmentation site's images with masks
@@ -28,7 +30,7 @@ class Site:
     state_dir: Path  # what the site keeps between rounds (FedBN layers, privacy budget)
     device: str = "auto"
     threads: int = 1
-    max_epsilon: float | None = None  # the site's own privacy budget (deployment policy)
+    terms: SiteTerms = field(default_factory=SiteTerms)  # SITE.yaml's, or a simulation's for its virtual sites
 
 
 def write_site_data(folder: Path, train, val) -> Path:
@@ -71,13 +73,14 @@ class SimulatedSites:
     root: str
     device: str = "auto"
     threads: int = 1
+    terms: SiteTerms = field(default_factory=SiteTerms)  # every virtual site's (simulation.virtual_sites)
 
     def __call__(self, node_config) -> Site:
         index = int(node_config["partition-id"])
         folder = Path(self.root) / site_folder_name(index)
         train, val = read_site_data(folder)
         return Site(site_folder_name(index), index, train, val, folder / "state",
-                    self.device, self.threads)
+                    self.device, self.threads, self.terms)
 
 
 def site_folder_name(index: int) -> str:

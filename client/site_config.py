@@ -1,4 +1,5 @@
-"""A hospital's own settings (SITE.yaml): its data, device, state folder, coordinator, policy.
+"""A hospital's own settings (SITE.yaml): its data, device, state folder, coordinator, policy,
+privacy promise and training limits.
 
 Read as strictly as an experiment config (`medfed.config`): a typed omegaconf schema, so
 an unknown key or a value of the wrong type stops loading with the setting named, then
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from medfed.client.site_terms import SiteLimits, SitePrivacy, SiteTerms, validate_limits, validate_privacy_terms
 from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, TASKS, _valid_device, merge_yaml
 from medfed.errors import ConfigError, DataError, MedfedError
 
@@ -57,8 +59,8 @@ class PolicyConfig:
 
     tasks: list[str] = field(default_factory=lambda: ["classification"])
     models: list[str] = field(default_factory=list)  # empty: any model of the allowed tasks
-    max_epsilon: float | None = None  # the site's own privacy budget
-    require_dp: bool = False  # refuse rounds without sample-level DP
+    require_dp: bool = False  # refuse rounds without sample-level DP (at least privacy.min_noise_multiplier)
+    max_epsilon: float | None = None  # moved to privacy.max_epsilon: kept only to say so
 
 
 @dataclass
@@ -70,6 +72,8 @@ class SiteConfig:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     insecure: bool = False  # plain gRPC without TLS or keys: a trial on one machine (loopback) only
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    privacy: SitePrivacy = field(default_factory=SitePrivacy)  # what the site promises its patients
+    limits: SiteLimits = field(default_factory=SiteLimits)  # what one round may ask of the site
     audit_log: str | None = None  # default: <state_dir>/audit.log
 
 
@@ -107,6 +111,14 @@ def validate_site(cfg: DictConfig, source: str) -> None:
     _validate_data(cfg.data, check)
     _validate_coordinator(cfg, check)
     _validate_policy(cfg.policy, check)
+    validate_privacy_terms(cfg.privacy, cfg.policy.require_dp, check)
+    validate_limits(cfg.limits, check)
+
+
+def site_terms(cfg: DictConfig) -> SiteTerms:
+    """The terms the site holds every round to (`medfed.client.site_policy.accept_round`)."""
+    return SiteTerms(tasks=list(cfg.policy.tasks), models=list(cfg.policy.models), require_dp=cfg.policy.require_dp,
+                     privacy=OmegaConf.to_object(cfg.privacy), limits=OmegaConf.to_object(cfg.limits))
 
 
 def _validate_data(d: DictConfig, check) -> None:
@@ -177,7 +189,9 @@ def _validate_policy(p: DictConfig, check) -> None:
     for model in p.models:
         check(model in known, "policy.models", f"'{model}' is not a model of {', '.join(p.tasks)} "
               f"(choose from {', '.join(known)})")
-    check(p.max_epsilon is None or p.max_epsilon > 0, "policy.max_epsilon", f"must be > 0, got {p.max_epsilon}")
+    check(p.max_epsilon is None, "policy.max_epsilon",
+          "the budget is now privacy.max_epsilon (with the site's privacy.delta and privacy.accountant): "
+          "move it there")
 
 
 def read_site_data(cfg: DictConfig) -> tuple:

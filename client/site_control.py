@@ -1,8 +1,12 @@
 """The site's own controls around its ClientApp: a Flower mod that refuses and records.
 
 Every message from the coordinator is checked for shape (`message_checks`) and against
-the site's policy (`site_policy`) before anything runs; every reply is checked to hold
-only the model's weights and declared metrics before it leaves. Both directions go to
+the site's terms (`site_policy.accept_round`: policy, training limits, privacy promise)
+before any model is built; every reply is checked to hold only the model's weights and
+declared metrics before it leaves. The budget is the ClientApp's to check, just before
+it trains: a round sent again after a coordinator restart is answered from the site's
+round cache without spending anything, so it must not be refused here for a budget it
+already paid. Both directions go to
 the audit log. A refusal is an error reply, so the coordinator learns why and the
 SuperNode carries on; nothing a message holds can crash the site's daemon. If the audit
 log cannot be written, the site fails closed: no weights leave unrecorded.
@@ -16,11 +20,12 @@ from flwr.app import Context, Error, Message
 from omegaconf import DictConfig
 
 from medfed.client.audit_log import IN, OUT, AuditLog, round_of
-from medfed.client.deployed_site import site_config_from
+from medfed.client.deployed_site import locate_deployed_site, site_config_from
 from medfed.client.message_checks import (
     MALFORMED_MESSAGE, REPLY_WITHHELD, MalformedMessage, ReplyWithheld, check_incoming, check_reply, check_weights,
 )
-from medfed.client.site_policy import POLICY_REFUSED, PolicyRefusal, check_round
+from medfed.client.site_policy import POLICY_REFUSED, accept_round
+from medfed.client.site_terms import RoundRefused
 from medfed.errors import MedfedError
 from medfed.privacy import BUDGET_EXHAUSTED
 
@@ -35,24 +40,27 @@ class SiteControl:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.name = cfg.name
-        self.policy = cfg.policy
         self.audit = AuditLog(cfg.audit_log, cfg.name)
 
     def __call__(self, msg: Message, ctxt: Context, call_next) -> Message:
         rnd = round_of(msg)
         try:
             spec = check_incoming(msg)
-            check_round(self.policy, msg.content.config_records["config"])
+            site = locate_deployed_site(ctxt.node_config)  # its terms, and its training items for delta
+            accept_round(site.terms, msg.content.config_records["config"], len(site.train))
             check_weights(msg, spec)
         except MalformedMessage as exc:
             return self._refuse(msg, rnd, MALFORMED_MESSAGE, f"malformed message: {exc}")
-        except PolicyRefusal as exc:
-            return self._refuse(msg, rnd, POLICY_REFUSED, f"refused by the site's policy: {exc}")
+        except RoundRefused as exc:
+            return self._refuse(msg, rnd, exc.code, f"refused by the site's policy: {exc}")
+        except MedfedError as exc:  # the site's own data cannot be read: say so, not where it lies
+            log.error("%s cannot read its data: %s", self.name, exc)
+            return self._refuse(msg, rnd, SITE_MISCONFIGURED, f"the site's data cannot be read ({type(exc).__name__})")
         if not self._record(msg, IN, "accepted", None, rnd):
             return self._error(msg, AUDIT_FAILED, "the site's audit log cannot be written")
         reply, status = self._run(msg, ctxt, call_next), "sent"
         if reply.has_error():
-            status = "refused" if reply.error.code == BUDGET_EXHAUSTED else "error"
+            status = "refused" if reply.error.code in (BUDGET_EXHAUSTED, POLICY_REFUSED) else "error"
         else:
             try:
                 check_reply(msg, reply)

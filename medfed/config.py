@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from medfed.client.site_terms import SiteLimits, validate_limits
 from medfed.errors import ConfigError
 
 MODES = ("federated", "pooled", "local")
@@ -230,6 +231,7 @@ class ExperimentConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    limits: SiteLimits = field(default_factory=SiteLimits)  # every virtual site's training limits (as SITE.yaml's)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -320,6 +322,7 @@ def validate(cfg: DictConfig) -> None:
     validate_task(cfg)
     validate_privacy(cfg)
     validate_attack(cfg)
+    validate_limits(cfg.limits, _check)
 
 
 def simulated_misbehaviour(cfg: DictConfig) -> bool:

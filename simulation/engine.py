@@ -14,6 +14,7 @@ from medfed.server.app import ServerResult, make_server_app
 from medfed.config import simulated_misbehaviour
 from medfed.server.rounds import RoundPlan
 from medfed.simulation.adversary import Misbehaviour
+from medfed.simulation.virtual_sites import simulated_terms
 from medfed.simulation.worker_recovery import replace_dead_workers
 
 
@@ -34,7 +35,7 @@ def backend_config(cfg: DictConfig) -> dict:
 def simulate_federation(cfg: DictConfig, plan: RoundPlan, sites_root: str, num_sites: int) -> ServerResult:
     """Run every round of ``plan`` over ``num_sites`` virtual sites stored under ``sites_root``."""
     result = ServerResult()
-    locate = SimulatedSites(sites_root, cfg.train.device, cfg.simulation.threads_per_site)
+    locate = SimulatedSites(sites_root, cfg.train.device, cfg.simulation.threads_per_site, simulated_terms(cfg))
     replace_dead_workers()
     mods = (Misbehaviour.from_config(cfg),) if simulated_misbehaviour(cfg) else ()
     flwr_logger = logging.getLogger("flwr")

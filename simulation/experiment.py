@@ -19,7 +19,7 @@ from rich.console import Console
 
 from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
-from medfed.client.privacy import check_site_privacy, incompatible_layers
+from medfed.client.privacy import incompatible_layers
 from medfed.errors import ConfigError, MedfedError
 from medfed.server.outputs import CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
@@ -37,6 +37,7 @@ from medfed.simulation.partition import SiteShard, natural_sites, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.sources import load_experiment_data
+from medfed.simulation.virtual_sites import check_sites_accept
 
 log = logging.getLogger("medfed")
 
@@ -89,7 +90,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
             sites[i].train = flip_labels(sites[i].train, spec.num_classes)
     canaries = (plant_canaries(sites, cfg.evaluation.audit_canaries, spec.num_classes, cfg.seed)
                 if cfg.evaluation.audit_canaries else None)
-    check_site_privacy(cfg, [len(s.train) for s in sites])
+    if cfg.mode == "federated":  # the sites would refuse what they cannot accept: say so before anything runs
+        check_sites_accept(cfg, spec, [len(s.train) for s in sites])
     if spec.dp_compatible:
         raw = replace(spec, dp_compatible=False).build()
         for layer, count in incompatible_layers(raw).items():

@@ -31,7 +31,9 @@ def site_npz(path: Path, n_train: int = 24, n_val: int = 8, seed: int = 0) -> Pa
 
 
 def site_yaml(folder: Path, creds: Path, name: str = "north", policy: str = "", address: str = "127.0.0.1:8000",
-              data: str | None = None) -> Path:
+              data: str | None = None, extra: str = "") -> Path:
+    """A SITE.yaml for ``name``: ``policy`` lines go under ``policy:``, ``extra`` (``privacy:``,
+    ``limits:`` sections) after it."""
     folder.mkdir(parents=True, exist_ok=True)
     if data is None:
         site_npz(folder / "data.npz", seed=len(name))
@@ -50,7 +52,7 @@ coordinator:
 policy:
   tasks: [classification]
   models: [cnn]
-{policy}""")
+{policy}{extra}""")
     return path
 
 

@@ -99,13 +99,14 @@ def test_policy_refuses_a_forbidden_model_or_task_before_building_it(site, overr
     assert all(w in log[0]["reason"] for w in words)
 
 
-@pytest.mark.parametrize("policy, overrides, words", [
-    ("  max_epsilon: 2.0\n", ["privacy.mechanism=sample", "privacy.target_epsilon=8"], ["epsilon 8", "max_epsilon=2"]),
-    ("  max_epsilon: 2.0\n", [], ["'none'", "max_epsilon=2"]),
-    ("  require_dp: true\n", ["privacy.mechanism=client", "privacy.noise_multiplier=1"], ["'client'", "require_dp"]),
+@pytest.mark.parametrize("policy, extra, overrides, words", [
+    ("", "privacy: {max_epsilon: 2.0}\n", ["privacy.mechanism=sample", "privacy.target_epsilon=8"],
+     ["epsilon 8", "privacy.max_epsilon=2"]),
+    ("", "privacy: {max_epsilon: 2.0}\n", [], ["'none'", "privacy.max_epsilon=2"]),
+    ("  require_dp: true\n", "", ["privacy.mechanism=client", "privacy.noise_multiplier=1"], ["'client'", "require_dp"]),
 ])
-def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, policy, overrides, words):
-    site = site_yaml(tmp_path / "north", creds, policy=policy)
+def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, policy, extra, overrides, words):
+    site = site_yaml(tmp_path / "north", creds, policy=policy, extra=extra)
     config, arrays, _ = _round(*overrides)
     reply = _control(site)(_message(config, arrays), _context(site), _must_not_run)
     assert reply.error.code == POLICY_REFUSED
@@ -113,12 +114,12 @@ def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, pol
 
 
 def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
-    """The policy allows the run (epsilon 4 <= 5), but the site has already spent most of its
+    """The site's terms allow the round, but the site has already spent most of its
     budget in earlier rounds (its accountant's file in state_dir): this round is refused."""
     from medfed.client.deployed import app
     from medfed.client.privacy import SiteAccountant
 
-    site = site_yaml(tmp_path / "north", creds, policy="  max_epsilon: 5.0\n")
+    site = site_yaml(tmp_path / "north", creds, extra="privacy: {max_epsilon: 5.0, delta: 0.001}\n")
     spent = SiteAccountant(tmp_path / "north" / "state", "rdp")
     spent.save([(0.6, 1 / 3, 400)])
     assert spent.epsilon(1e-3) > 5.0

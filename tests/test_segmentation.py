@@ -154,7 +154,7 @@ def _source(path: str) -> str:
     return f"{{format: masks, path: {path}, images: images, masks: labels, fov: null}}"
 
 
-FAST_SEGMENTATION = ["train.rounds=2", "train.local_steps=3", "train.batch_size=4",
+FAST_SEGMENTATION = ["train.rounds=2", "train.local_steps=3", "train.batch_size=4", "limits.min_batch_size=4",
                      "data.segmentation.patch_size=16", "logging.progress=false", "data.segmentation.overlays=2",
                      f"data.segmentation.test={_source('test')}"]
 
