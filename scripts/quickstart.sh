@@ -3,8 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ -z "${MEDFED_DATA_DIR:-}" ] && [ -f ../shared/datasets/pneumoniamnist.npz ]; then
-    export MEDFED_DATA_DIR="$(cd ../shared/datasets && pwd)"
+# Data is looked up in data.root, then $MEDFED_DATA_DIR, then ./data: the shared copy beside
+# the repository is linked into ./data, so every later command finds it the same way.
+if [ -z "${MEDFED_DATA_DIR:-}" ] && [ ! -e data/pneumoniamnist.npz ] && [ -f ../shared/datasets/pneumoniamnist.npz ]; then
+    mkdir -p data
+    ln -s "$(cd ../shared/datasets && pwd)/pneumoniamnist.npz" data/pneumoniamnist.npz
 fi
 out="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/medfed simulate configs/pneumonia-fedavg.yaml --output "$out"

@@ -36,6 +36,7 @@ from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
 from medfed.simulation.report import print_partition_table, write_partition_report
 from medfed.simulation.shift import site_scanners
+from medfed.simulation.medmnist import data_dir
 from medfed.simulation.sources import load_experiment_data
 from medfed.simulation.virtual_sites import check_sites_accept
 
@@ -77,6 +78,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     started = time.perf_counter()
     out = Path(out) if out else default_output(cfg)
     _check_output(out, resume)
+    # config.yaml records where the data was found, so a resume from another shell finds it too
+    cfg.data.root = str(data_dir(cfg.data.root).resolve())
 
     if cfg.mode != "federated" and cfg.privacy.mechanism != "none":
         raise ConfigError("privacy.mechanism applies to federated runs: set mode=federated or privacy.mechanism=none")

@@ -24,7 +24,8 @@ SIZES = (28, 64, 128, 224)
 
 
 def data_dir(root: str | None = None) -> Path:
-    """Where datasets live: the config's ``data.root``, else ``$MEDFED_DATA_DIR``, else ./data."""
+    """Where datasets live, in this order: the config's ``data.root``, ``$MEDFED_DATA_DIR``,
+    the ``data`` folder of the working directory (the quick start links the shared data there)."""
     return Path(root or os.environ.get("MEDFED_DATA_DIR") or "data").expanduser()
 
 

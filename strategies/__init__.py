@@ -71,7 +71,9 @@ def _aggregation_rule(cfg: DictConfig, num_sites: int) -> Strategy:
     name = s.name.lower()
     common = dict(
         fraction_train=s.fraction_train,
+        # every minimum is capped at the sites there are: Flower waits for them, without end
         min_train_nodes=min(s.min_sites, num_sites),
+        min_evaluate_nodes=min(s.min_sites, num_sites),
         min_available_nodes=min(s.min_sites, num_sites),
         train_metrics_aggr_fn=average_metrics,
     )
