@@ -7,6 +7,8 @@ ranges that types cannot express. Every error is a `ConfigError` naming the sett
 
 from __future__ import annotations
 
+import difflib
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +241,26 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or ""
     reason = str(exc).splitlines()[0]
     if "not in struct" in reason or "Key '" in reason and "not" in reason:
-        return ConfigError(f"{source}: unknown setting '{key}'")
+        return ConfigError(f"{source}: unknown setting '{key}'{_did_you_mean(key)}")
     return ConfigError(f"{source}: bad value for '{key}': {reason}")
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _did_you_mean(full_key: str) -> str:
+    """The closest existing setting at the same level of the schema as ``full_key``."""
+    parent, _, leaf = full_key.rpartition(".")
+    node = OmegaConf.structured(ExperimentConfig)
+    for part in filter(None, parent.split(".")):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig):
+        return ""
+    suggestion = did_you_mean(leaf, node.keys())
+    return suggestion.replace("'", f"'{parent}.", 1) if parent and suggestion else suggestion
 
 
 def merge_yaml(schema: DictConfig, path: Path, what: str) -> DictConfig:
@@ -308,7 +328,12 @@ def validate(cfg: DictConfig) -> None:
     _check(t.optimizer in ("adam", "sgd"), "train.optimizer", "is adam or sgd")
     _check(t.lr_decay in ("cosine", "none"), "train.lr_decay", "is cosine or none")
     _check(_valid_device(t.device), "train.device", f"use {DEVICES_HELP}")
+    _check_gpu(t.device, cfg.simulation.gpus_per_site)
     s = cfg.strategy
+    from medfed.strategies import STRATEGIES
+
+    _check(s.name.lower() in STRATEGIES, "strategy.name",
+           f"unknown strategy '{s.name}'{did_you_mean(s.name.lower(), STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
     _check(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
     _check(s.min_sites >= 1, "strategy.min_sites", "must be >= 1")
     _check(s.proximal_mu >= 0, "strategy.proximal_mu", "must be >= 0")
@@ -413,6 +438,21 @@ def validate_privacy(cfg: DictConfig) -> None:
     if dp.mechanism == "client":
         _check(cfg.strategy.name in ("fedavg", "fedprox"), "strategy.name",
                "client-level DP accounting needs FedAvg's aggregation (fedavg or fedprox)")
+
+
+def _check_gpu(device: str, gpus_per_site: float) -> None:
+    """A GPU asked for on a machine without one stops here, before data or Ray."""
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if device.startswith("cuda:") else 0
+        _check(index < count, "train.device", f"'{device}' but this machine has "
+               f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} (this PyTorch: {torch.__version__}); "
+               "use auto (GPU when there is one) or cpu")
+    if gpus_per_site > 0:
+        _check(torch.cuda.is_available(), "simulation.gpus_per_site",
+               f"{gpus_per_site} but this machine has no CUDA GPU; set it to 0")
 
 
 def _valid_device(device: str) -> bool:
