@@ -20,6 +20,7 @@ def _expect_bad_input(cli, capsys, out: Path, *args, data_dir=None, message: str
     assert message in err, err
     assert "Traceback" not in err
     assert not (out / "summary.json").exists()
+    return err
 
 
 def test_missing_dataset_file(cli, capsys, tmp_path):
@@ -82,3 +83,24 @@ def test_exit_code_and_no_traceback_from_the_installed_command(tmp_path):
     )
     assert proc.returncode == 2
     assert "train.roundz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.name=fedavgg", "unknown strategy 'fedavgg' (did you mean 'fedavg'?)"),
+    ("strategy.nmae=fedavg", "unknown setting 'strategy.nmae' (did you mean 'strategy.name'?)"),
+    ("partiton.num_sites=3", "unknown setting 'partiton' (did you mean 'partition'?)"),
+])
+def test_typos_stop_before_any_data_or_folder_with_a_suggestion(cli, capsys, tmp_path, override, message):
+    # no data folder at all: the config is refused before anything is read
+    _expect_bad_input(cli, capsys, tmp_path / "run", override, data_dir=tmp_path / "no-data", message=message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("override, key", [("train.device=cuda", "train.device"),
+                                           ("train.device=cuda:1", "train.device"),
+                                           ("simulation.gpus_per_site=0.25", "simulation.gpus_per_site")])
+def test_a_gpu_asked_for_without_one_is_one_line_before_anything_runs(cli, capsys, tmp_path, override, key):
+    err = _expect_bad_input(cli, capsys, tmp_path / "run", override, data_dir=tmp_path / "no-data", message=key)
+    assert not (tmp_path / "run").exists()
+    assert len(err.strip().splitlines()) <= 2  # the message, soft-wrapped at most once
