@@ -96,26 +96,26 @@ def _least_noise(epsilon: EpsilonOf, target: float, above: float) -> float:
     def excess(noise: float) -> float:  # > 0: over the target
         return math.log(epsilon(noise) / target)
 
-    if above > 0 and excess(above) <= 0:
+    low, f_low = above, excess(above) if above > 0 else math.inf
+    if f_low <= 0:
         return above
-    low, f_low = above, math.inf  # grow the bracket by doubling steps: the answer is
-    step = 2 * RELATIVE_TOLERANCE * above or 1.0  # usually just above ``above``
+    step = 2 * RELATIVE_TOLERANCE * above or 1.0  # the answer is usually just above ``above``
     high, f_high = low + step, excess(low + step)
-    while f_high > 0:
+    while f_high > 0:  # grow the bracket by doubling steps
         if high > MAX_NOISE:
             raise ValueError(f"no noise multiplier up to {MAX_NOISE:g} is enough")
         low, f_low, step = high, f_high, 2 * step
         high, f_high = low + step, excess(low + step)
-    stale = 0  # which end kept its place last time (Illinois halves its value)
-    while high - low > RELATIVE_TOLERANCE * high and f_high < -RELATIVE_TOLERANCE / 10:
+    kept = None  # the end that stayed put last time: Illinois halves its value if it stays again
+    while high - low > RELATIVE_TOLERANCE * high:
         mid = _secant(low, f_low, high, f_high)
         f_mid = excess(mid)
         if f_mid <= 0:
             high, f_high = mid, f_mid
-            f_low, stale = (f_low / 2 if stale == -1 else f_low), -1
+            f_low, kept = (f_low / 2 if kept == "low" else f_low), "low"
         else:
             low, f_low = mid, f_mid
-            f_high, stale = (f_high / 2 if stale == 1 else f_high), 1
+            f_high, kept = (f_high / 2 if kept == "high" else f_high), "high"
     return high
 
 
