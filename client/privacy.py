@@ -125,16 +125,20 @@ def history_epsilon(kind: str, history: History, delta: float) -> float:
         return math.inf  # a step without noise has no privacy guarantee
     opacus = create_accountant(kind)
     opacus.history = list(history)
+    with np.errstate(divide="ignore"):  # Opacus' PRV takes log(1 - q), -inf when every example is sampled
+        return max(float(opacus.get_epsilon(delta=delta)), _dp_accounting_epsilon(kind, history, delta))
+
+
+def _dp_accounting_epsilon(kind: str, history: History, delta: float) -> float:
     reference = dp_accounting.rdp.RdpAccountant() if kind == "rdp" else dp_accounting.pld.PLDAccountant()
-    for noise, rate, steps in history:
-        step = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))
-        reference.compose(dp_accounting.SelfComposedDpEvent(step, int(steps)))
     absl = logging.getLogger("absl")
     level = absl.level
-    absl.setLevel(logging.ERROR)  # dp-accounting warns for each RDP order it skips; skipping only loosens its bound
+    absl.setLevel(logging.ERROR)  # dp-accounting warns of each RDP order it skips; skipping only loosens its bound
     try:
-        with np.errstate(divide="ignore"):  # Opacus' PRV takes log(1 - q), -inf when every example is sampled
-            return max(float(opacus.get_epsilon(delta=delta)), float(reference.get_epsilon(delta)))
+        for noise, rate, steps in history:
+            step = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))
+            reference.compose(dp_accounting.SelfComposedDpEvent(step, int(steps)))
+        return float(reference.get_epsilon(delta))
     finally:
         absl.setLevel(level)
 

@@ -30,6 +30,7 @@ from medfed.client.segmentation_data import (
     _read_picture, _same_size, _volume,
 )
 from medfed.client.site_config import read_site_data
+from medfed.client.site_terms import delta_problem, site_delta
 from medfed.errors import DataError
 
 REPORT_FILE = "site-check.json"
@@ -236,13 +237,18 @@ def check_site(cfg: DictConfig) -> dict:
     scan = _Scan()
     SCANNERS[d.format](d, scan)
     segmentation = d.format not in ("npz", "folder")
-    problems, counts = [], None
+    problems, counts, delta = [], None, None
     if not scan.unreadable:
         try:
             train, val = read_site_data(cfg)
             counts = {"train": len(train), "val": len(val)}
         except DataError as exc:
             problems.append(str(exc))
+    if counts:  # the site's delta depends on how many patients it protects
+        delta = site_delta(cfg.privacy, counts["train"])
+        problem = delta_problem(delta, counts["train"])
+        if problem:
+            problems.append(f"{problem}: lower it, or leave it out for 1/(10 n)")
     warnings = []
     if scan.phi_files:
         warnings.append(f"identifying DICOM fields in {scan.phi_files} of {scan.dicom_files} files: "
@@ -261,6 +267,7 @@ def check_site(cfg: DictConfig) -> dict:
         "spacing_mm": _summary(scan.spacing) if d.format in ("nifti", "dicom") else None,
         "phi": {"files": scan.phi_files, "of": scan.dicom_files, "tags": dict(scan.phi)}
         if d.format == "dicom" else None,
+        "privacy": {"delta": delta, "accountant": cfg.privacy.accountant, "max_epsilon": cfg.privacy.max_epsilon},
         "problems": problems,
         "warnings": warnings,
         "ok": not scan.unreadable and not problems,
@@ -316,6 +323,10 @@ def print_report(report: dict, console) -> None:
     table.add_row("unreadable", str(len(report["unreadable"])))
     if report["counts"]:
         table.add_row("items", f"{report['counts']['train']} train, {report['counts']['val']} validation")
+    privacy = report["privacy"]
+    if privacy["delta"] is not None:
+        budget = "no budget" if privacy["max_epsilon"] is None else f"max epsilon {privacy['max_epsilon']:g}"
+        table.add_row("privacy", f"delta {privacy['delta']:.3g}, {privacy['accountant']} accountant, {budget}")
     if report["labels"] is not None:
         table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in report["labels"].items()) or "none")
     if report["mask_classes"] is not None:

@@ -26,7 +26,9 @@ from medfed.client import training
 from medfed.client.privacy import (
     BudgetExhausted, DPSettings, SiteAccountant, history_epsilon, noise_for, steps_per_round,
 )
-from medfed.client.site_terms import ACCOUNTANTS, RoundRefused, SiteLimits, SitePrivacy, SiteTerms
+from medfed.client.site_terms import (
+    ACCOUNTANTS, RoundRefused, SiteLimits, SitePrivacy, SiteTerms, delta_problem, site_delta,
+)
 from medfed.errors import ConfigError
 from medfed.models.spec import ModelSpec
 from medfed.privacy import DP_MECHANISM
@@ -148,38 +150,33 @@ def _uses_sample_dp(terms: SiteTerms, config) -> bool:
 
 def private_round(privacy: SitePrivacy, config, n_train: int) -> PrivateRound:
     """The round's DP-SGD at this site's delta and accountant, refused where its settings
-    contradict the site's (accountant, clipping norm, noise, epsilon per round, plan)."""
-    delta = site_delta(privacy, n_train)
-    planned = float(config["dp-target-epsilon"])
-    if privacy.max_epsilon is not None and planned > privacy.max_epsilon:
-        raise PolicyRefusal(f"the run plans to spend epsilon {planned:g} at each site, more than "
-                            f"privacy.max_epsilon={privacy.max_epsilon:g}", "dp-target-epsilon")
+    contradict the site's (plan, accountant, clipping norm, noise, epsilon per round)."""
+    delta = _site_delta(privacy, n_train)
+    _check_plan(privacy, config)
     _check_accountant(privacy, config)
     clip = _clipping_norm(privacy, config)
     sample_rate, steps = _round_steps(config, n_train)
     noise = _noise(privacy, config, delta, clip, sample_rate, steps)
-    if privacy.max_epsilon_per_round is not None:
-        cost = history_epsilon(privacy.accountant, ((noise, sample_rate, steps),), delta)
-        if cost > privacy.max_epsilon_per_round:
-            raise PolicyRefusal(f"this round alone would spend epsilon {cost:.3f} at delta {delta:.3g} "
-                                f"({noise:g} noise, {steps} steps at sampling rate {sample_rate:.4f}), above "
-                                f"privacy.max_epsilon_per_round={privacy.max_epsilon_per_round:g}",
-                                "dp-noise-multiplier")
+    _check_round_cost(privacy, (noise, sample_rate, steps), delta)
     budget, setting = _budget(privacy, config)
     dp = DPSettings(noise_multiplier=noise, target_epsilon=None, planned_rounds=int(config["dp-planned-rounds"]),
                     delta=delta, max_grad_norm=clip, max_epsilon=budget, accountant=privacy.accountant)
     return PrivateRound(dp, sample_rate, steps, setting)
 
 
-def site_delta(privacy: SitePrivacy, n_train: int) -> float:
-    """The site's delta: its own, or 1/(10 n); refused unless below 1/n, since a delta of
-    1/n allows a mechanism that publishes one patient's record outright."""
-    if n_train < 1:
-        raise PolicyRefusal("the site has no training items to protect", "privacy.delta")
-    delta = privacy.delta if privacy.delta is not None else 1.0 / (10 * n_train)
-    if not delta < 1.0 / n_train:
-        raise PolicyRefusal(f"privacy.delta={delta:g} is not below 1/n for this site (n={n_train})", "privacy.delta")
+def _site_delta(privacy: SitePrivacy, n_train: int) -> float:
+    delta = site_delta(privacy, n_train)
+    problem = delta_problem(delta, n_train)
+    if problem:
+        raise PolicyRefusal(problem, "privacy.delta")
     return delta
+
+
+def _check_plan(privacy: SitePrivacy, config) -> None:
+    planned = float(config["dp-target-epsilon"])
+    if privacy.max_epsilon is not None and planned > privacy.max_epsilon:
+        raise PolicyRefusal(f"the run plans to spend epsilon {planned:g} at each site, more than "
+                            f"privacy.max_epsilon={privacy.max_epsilon:g}", "dp-target-epsilon")
 
 
 def _check_accountant(privacy: SitePrivacy, config) -> None:
@@ -225,6 +222,17 @@ def _noise(privacy: SitePrivacy, config, delta: float, clip: float, sample_rate:
         raise PolicyRefusal(f"{what} is below privacy.min_noise_multiplier={privacy.min_noise_multiplier:g}",
                             "dp-noise-multiplier")
     return noise
+
+
+def _check_round_cost(privacy: SitePrivacy, event: tuple[float, float, int], delta: float) -> None:
+    if privacy.max_epsilon_per_round is None:
+        return
+    cost = history_epsilon(privacy.accountant, (event,), delta)
+    if cost > privacy.max_epsilon_per_round:
+        noise, rate, steps = event
+        raise PolicyRefusal(f"this round alone would spend epsilon {cost:.3f} at delta {delta:.3g} ({noise:g} noise, "
+                            f"{steps} steps at sampling rate {rate:.4f}), above "
+                            f"privacy.max_epsilon_per_round={privacy.max_epsilon_per_round:g}", "dp-noise-multiplier")
 
 
 def _noise_for_target(privacy: SitePrivacy, config, delta: float, clip: float, sample_rate: float,

@@ -33,7 +33,7 @@ class SitePrivacy:
     site computes, budgets and reports is at its own ``delta`` with its own ``accountant``."""
 
     max_epsilon: float | None = None  # total budget over every run; none: no budget
-    delta: float | None = None  # none: 1/(10 n), n the site's training items; must be below 1/n
+    delta: float | None = None  # none: 1/(10 n), n the site's training items (`site_delta`); must be below 1/n
     accountant: str = "rdp"  # rdp or prv (Opacus); rdp budgets with the larger of Opacus' and dp-accounting's figure
     min_noise_multiplier: float = DEFAULT_MIN_NOISE  # least noise of a DP round
     max_epsilon_per_round: float | None = None  # most one round may spend
@@ -72,6 +72,21 @@ class SiteTerms:
     require_dp: bool = False  # train only with sample-level DP, at least privacy.min_noise_multiplier
     privacy: SitePrivacy = field(default_factory=SitePrivacy)
     limits: SiteLimits = field(default_factory=SiteLimits)
+
+
+def site_delta(privacy, n_train: int) -> float:
+    """The site's delta: its own, or 1/(10 n) for ``n_train`` training items."""
+    return privacy.delta if privacy.delta is not None else 1.0 / (10 * max(n_train, 1))
+
+
+def delta_problem(delta: float, n_train: int) -> str | None:
+    """Why ``delta`` cannot protect a site of ``n_train`` items, if it cannot: a delta of
+    1/n allows a mechanism that publishes one patient's record outright."""
+    if n_train < 1:
+        return "the site has no training items to protect"
+    if not delta < 1.0 / n_train:
+        return f"privacy.delta={delta:g} is not below 1/n for this site (n={n_train})"
+    return None
 
 
 def validate_privacy_terms(p, require_dp: bool, check) -> None:
