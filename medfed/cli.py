@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -18,10 +20,23 @@ from rich.console import Console
 from medfed.errors import MedfedError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # the shell's codes for SIGINT and SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, CI, ``timeout``): stop exactly as on Ctrl-C. A KeyboardInterrupt, so
+    that no ``except Exception`` in Flower or Ray swallows it on its way up."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medfed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medfed", description="Federated learning for medical imaging: simulations of virtual hospitals, "
+        "and a coordinator and hospital sites on Flower. See README.md and docs/.")
+    parser.add_argument("--version", action="version", version=_versions())
     commands = parser.add_subparsers(dest="command", required=True)
     sim = commands.add_parser(
         "simulate",
@@ -112,6 +127,21 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--state", type=Path, default=Path("medfed-server"),
                          help="state folder of 'medfed server start' (default: medfed-server)")
     return parser
+
+
+def _versions() -> str:
+    """medfed's version and that of the libraries a bug report needs (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import medfed
+
+    found = []
+    for package in ("flwr", "torch", "opacus", "monai"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return f"medfed {medfed.__version__} ({', '.join(found)}; Python {sys.version.split()[0]})"
 
 
 def _simulate(args: argparse.Namespace, console: Console) -> int:
@@ -235,36 +265,55 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        if args.command == "simulate":
-            return _simulate(args, console)
-        if args.command == "sweep":
-            return _sweep(args, console)
-        if args.command == "defend":
-            return _defend(args, console)
-        if args.command == "certs":
-            return _certs(args, console)
-        if args.command == "site" and args.site_command == "keygen":
-            return _site_keygen(args, console)
-        if args.command == "site" and args.site_command == "check":
-            return _site_check(args, console)
-        if args.command == "site" and args.site_command == "start":
-            return _site_start(args, console)
-        if args.command == "site" and args.site_command == "audit":
-            return _site_audit_verify(args, console)
-        if args.command == "server":
-            return _server(args, console)
+        return _dispatch(args, console)
     except MedfedError as exc:
         console.print(f"[bold red]medfed:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        console.print("[yellow]stopped: continue with the same command plus --output DIR --resume[/]")
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()  # stop every Ray process this run started
-        sys.stderr.flush()
-        # Flower's ServerApp thread may still wait for replies and would keep us alive.
-        os._exit(130)
+    except KeyboardInterrupt as exc:
+        _stopped(console, EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:  # Ray's own SIGTERM handler exits with the signal's number
+            raise
+        _stopped(console, EXIT_TERMINATED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 1
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "simulate":
+        return _simulate(args, console)
+    if args.command == "sweep":
+        return _sweep(args, console)
+    if args.command == "defend":
+        return _defend(args, console)
+    if args.command == "certs":
+        return _certs(args, console)
+    if args.command == "site" and args.site_command == "keygen":
+        return _site_keygen(args, console)
+    if args.command == "site" and args.site_command == "check":
+        return _site_check(args, console)
+    if args.command == "site" and args.site_command == "start":
+        return _site_start(args, console)
+    if args.command == "site" and args.site_command == "audit":
+        return _site_audit_verify(args, console)
+    if args.command == "server":
+        return _server(args, console)
+    return 1
+
+
+def _stopped(console: Console, code: int) -> None:
+    """End a run that was interrupted: the checkpoint stays, Ray's processes go, and the
+    process exits at once (Flower's ServerApp thread may still wait for replies)."""
+    console.print("[yellow]stopped: continue with the same command plus --output DIR --resume[/]")
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()  # stop every Ray process this run started
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,29 @@ def test_fedbn_keeps_normalisation_layers_at_each_site(cli, tmp_path, small_pneu
     assert all(any("running_mean" in k for k in s) for s in saved)
     key = next(k for k in saved[0] if k.endswith("running_mean"))
     assert not torch.equal(saved[0][key], saved[1][key])  # each site's own statistics
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_keeps_the_checkpoint_and_leaves_no_process(cli, tmp_path, small_pneumonia):
+    """What Slurm, CI and ``timeout`` send: exit 143, a resume hint, no Ray process left."""
+    args = ["simulate", str(CONFIG), *RUN_ARGS]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "MEDFED_DATA_DIR": str(small_pneumonia)}
+    proc = subprocess.Popen([sys.executable, "-m", "medfed.cli", *args, "--output", str(stopped)], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (stopped / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the run alone, as a scheduler does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    for _ in range(100):
+        if _no_process_left(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _no_process_left(proc.pid)
+    assert not (stopped / "summary.json").exists()
+
+    assert cli(*args, "--output", stopped, "--resume", data_dir=small_pneumonia) == 0
+    assert [r["round"] for r in _rounds(stopped)] == [1, 2, 3]
