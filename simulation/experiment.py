@@ -8,6 +8,7 @@ that stopped or failed never looks finished.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -21,8 +22,9 @@ from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
 from medfed.client.privacy import incompatible_layers
 from medfed.errors import ConfigError, MedfedError
-from medfed.server.outputs import CONFIG, SUMMARY, RunOutputs, start_wandb
+from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plots import plot_privacy
+from medfed.server.progress import phase, say
 from medfed.models.spec import ModelSpec
 from medfed.server.examples import save_examples
 from medfed.server.plan import experiment_spec, round_plan, train_settings
@@ -31,6 +33,7 @@ from medfed.server.update_checks import rejections
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.canaries import canary_attack, plant_canaries
+from medfed.simulation.class_names import class_names
 from medfed.simulation.adversary import flip_labels
 from medfed.simulation.baselines import run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
@@ -73,19 +76,32 @@ def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
 
 def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = False,
                    console: Console | None = None) -> dict:
-    """Run ``cfg`` in its mode (federated, pooled or local); return the summary."""
-    console = console or Console(stderr=True)
-    started = time.perf_counter()
+    """Run ``cfg`` in its mode (federated, pooled or local); return the summary.
+
+    A start that fails before its first checkpoint leaves no folder behind, so the
+    corrected command can be run as it is (without --resume, and with the same --output)."""
     out = Path(out) if out else default_output(cfg)
     _check_output(out, resume)
+    fresh = not resume and not out.exists()
+    try:
+        return _run_experiment(cfg, out, resume, console or Console(stderr=True))
+    except Exception:
+        if fresh and not (out / CHECKPOINT).is_file():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console) -> dict:
+    started = time.perf_counter()
     # config.yaml records where the data was found, so a resume from another shell finds it too
     cfg.data.root = str(data_dir(cfg.data.root).resolve())
 
     if cfg.mode != "federated" and cfg.privacy.mechanism != "none":
         raise ConfigError("privacy.mechanism applies to federated runs: set mode=federated or privacy.mechanism=none")
-    data = load_experiment_data(cfg)
-    sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
-    scanners = _apply_shift(sites, cfg)
+    with phase(console, "reading the data and partitioning it into sites", cfg.logging.progress):
+        data = load_experiment_data(cfg)
+        sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
+        scanners = _apply_shift(sites, cfg)
     spec = experiment_spec(cfg, data)
     spec.build()  # an unknown model name fails here, before anything is written
     if cfg.attack.behaviour == "label_flip":
@@ -106,10 +122,8 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     if resume and (out / CONFIG).read_text() != to_yaml(cfg):
         raise RunDirError(f"--resume: the config differs from {out / CONFIG}; resume with that file")
     outputs.write_config(to_yaml(cfg))
-    # multi-label rows are counted by their first positive label, plus one "none" class
-    strata_classes = 1 if data.labels is None else data.labels.num_classes + int(data.pool.multilabel)
     title = f"{cfg.name}: {cfg.partition.scheme} over {len(sites)} sites"
-    table = write_partition_report(sites, strata_classes, out, title, scanners)
+    table = write_partition_report(sites, _strata_names(cfg, data), out, title, scanners)
     if cfg.logging.progress:
         print_partition_table(table, console)
     sites_root = out / "sites"
@@ -123,7 +137,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     privacy, stopped = {"mechanism": "none", "epsilon": None}, None
     if cfg.mode == "federated":
         weights, test, per_site, privacy, stopped = _federated(cfg, spec, data, sites_root, len(sites),
-                                                               outputs, resume)
+                                                               outputs, resume, console)
     elif cfg.mode == "pooled":
         weights, test, per_site = run_pooled(cfg, spec, sites, data.test, outputs)
     else:
@@ -132,21 +146,15 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
         console.print(f"[yellow]stopped early:[/] {stopped}", soft_wrap=True)
 
     if cfg.privacy.mechanism != "none":
-        plot_privacy(outputs.rounds(), out / "epsilon.png")
+        plot_privacy(outputs.rounds(), out / "epsilon.png", _site_names(sites))
     audit = None
     if weights is not None and cfg.task == "classification" and cfg.evaluation.membership_audit:
-        model = spec.build()
-        model.load_state_dict(weights)
-        device = resolve_device(cfg.train.device)
-        ordinary = canaries.without_members(sites) if canaries is not None else sites
-        audit = membership_attack(model, ordinary, spec.label_kind, device, cfg.seed, reference=spec.build(),
-                                  train_reference=_reference_trainer(cfg, spec, device), test=data.test)
-        if canaries is not None:
-            audit["canaries"] = canary_attack(model, canaries, spec.label_kind, device, cfg.seed)
+        audit = _audit(cfg, spec, data, sites, canaries, weights, console)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
-        save_examples(cfg, spec, weights, data.test, out)
-    outputs.plot()
+        with phase(console, "pictures of the final model", cfg.logging.progress and cfg.task != "classification"):
+            save_examples(cfg, spec, weights, data.test, out)
+    outputs.plot(_site_names(sites))
     summary = {
         "name": cfg.name,
         "mode": cfg.mode,
@@ -167,6 +175,34 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = Fals
     return summary
 
 
+def _strata_names(cfg: DictConfig, data) -> list[str]:
+    """The classes partition.csv counts: multi-label rows by their first positive label,
+    plus one class for rows with none; segmentation images are one class."""
+    if data.labels is None:
+        return ["images"]
+    return class_names(cfg, data.labels.num_classes) + (["no label"] if data.pool.multilabel else [])
+
+
+def _site_names(sites: list[SiteShard]) -> dict[str, str]:
+    """``site-NNN -> name`` where a site has a name of its own (natural sites)."""
+    return {site_folder_name(i): s.name for i, s in enumerate(sites) if s.name != site_folder_name(i)}
+
+
+def _audit(cfg: DictConfig, spec: ModelSpec, data, sites: list[SiteShard], canaries, weights,
+           console: Console) -> dict:
+    """Membership-inference attacks on the final model (and on the planted canaries)."""
+    with phase(console, "membership-inference audit of the final model", cfg.logging.progress):
+        model = spec.build()
+        model.load_state_dict(weights)
+        device = resolve_device(cfg.train.device)
+        ordinary = canaries.without_members(sites) if canaries is not None else sites
+        audit = membership_attack(model, ordinary, spec.label_kind, device, cfg.seed, reference=spec.build(),
+                                  train_reference=_reference_trainer(cfg, spec, device), test=data.test)
+        if canaries is not None:
+            audit["canaries"] = canary_attack(model, canaries, spec.label_kind, device, cfg.seed)
+    return audit
+
+
 def _reference_trainer(cfg: DictConfig, spec: ModelSpec, device):
     """Trains the audit's reference model as the federation trained: same settings, as
     many epochs as rounds x local epochs (without DP: the reference has nothing to hide)."""
@@ -178,10 +214,13 @@ def _reference_trainer(cfg: DictConfig, spec: ModelSpec, device):
     return train_reference
 
 
-def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool):
+def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool,
+               console: Console):
     from medfed.simulation.engine import simulate_federation  # imports Ray: only when needed
 
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, cfg.logging.progress)
+    if cfg.logging.progress:  # Ray takes a while to start; the first round's line follows
+        say(console, f"starting Flower's Simulation Engine with {num_sites} virtual sites ...")
     result = simulate_federation(cfg, plan, str(sites_root), num_sites)
     if result.error is not None:
         raise result.error

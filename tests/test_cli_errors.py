@@ -104,3 +104,15 @@ def test_a_gpu_asked_for_without_one_is_one_line_before_anything_runs(cli, capsy
     err = _expect_bad_input(cli, capsys, tmp_path / "run", override, data_dir=tmp_path / "no-data", message=key)
     assert not (tmp_path / "run").exists()
     assert len(err.strip().splitlines()) <= 2  # the message, soft-wrapped at most once
+
+
+@pytest.mark.slow
+def test_a_failed_start_leaves_no_folder_that_blocks_the_corrected_rerun(cli, capsys, tmp_path, small_pneumonia):
+    out = tmp_path / "run"
+    # Krum cannot tolerate 3 attackers among 3 sites: refused once the strategy is built, after the
+    # run folder was written (config, partition, site shards)
+    _expect_bad_input(cli, capsys, out, "strategy.name=krum", "strategy.num_malicious=3",
+                      data_dir=small_pneumonia, message="strategy.num_malicious")
+    assert not out.exists()
+    assert cli("simulate", CONFIG, *FAST, "strategy.name=krum", "strategy.num_malicious=0", "--output", out,
+               data_dir=small_pneumonia) == 0  # the corrected command, as it is
