@@ -26,6 +26,7 @@ from medfed.server.plots import plot_learning_curves
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL, CURVES, CHECKPOINT = "model.pt", "learning_curves.png", "checkpoints/last.pt"
+SITES = "sites.json"  # a deployed run's site-NNN -> name table
 RUN_KEY = "checkpoints/run-key"  # the run's identity for the sites, kept across --resume
 log = logging.getLogger("medfed.server")
 
@@ -122,8 +123,17 @@ class RunOutputs:
         torch.save({"weights": weights, "meta": meta}, partial)
         partial.replace(self.path(MODEL))
 
-    def plot(self) -> None:
-        plot_learning_curves(self.rounds(), self.path(CURVES))
+    def site_names(self) -> dict[str, str]:
+        """``site-NNN -> name`` from ``sites.json`` (a deployed run's); none without it."""
+        try:
+            table = json.loads(self.path(SITES).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
+
+    def plot(self, site_names: dict[str, str] | None = None) -> None:
+        """``learning_curves.png``, sites by name where known (``site_names``, else ``sites.json``)."""
+        plot_learning_curves(self.rounds(), self.path(CURVES), site_names or self.site_names())
 
     def write_summary(self, summary: dict) -> None:
         """The last file of a run: its presence means the run finished."""

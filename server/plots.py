@@ -1,52 +1,180 @@
-"""Learning curves of a run, as PNG."""
+"""Learning curves and privacy spending of a run, as PNG.
+
+Every axis is scaled to the values it shows (with a margin), not to a fixed 0-1:
+test AUCs of 0.85-0.98 would otherwise be a flat strip. A site whose metric is
+undefined (a validation set of one class has no AUC) draws no line, so the legend says
+why; validation sets are often small, so the legend gives each one's size.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 TEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "dice", "iou", "tstr_auc")
 SITE_METRICS = ("dice", "auc")  # the first a run reports is drawn per site
+LEGEND_SITES = 12  # more sites than this are summed up in a note instead of a legend
+# why a site's metric can be undefined on its validation data (models/classification.py, segmentation.py)
+UNDEFINED = {"auc": "one class in validation", "dice": "no foreground in validation"}
+DISPLAY = {"auc": "AUC", "dice": "Dice", "tstr_auc": "TSTR AUC", "iou": "IoU"}
 
 
-def plot_learning_curves(rows: list[dict], path: Path) -> None:
-    """Global test metrics per round (left) and each site's validation AUC (right)."""
-    if not rows:
-        return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for metric in TEST_METRICS:
-        points = [(r["round"], r["test"].get(metric)) for r in rows if r["test"].get(metric) is not None]
-        if points:  # rounds without a test evaluation (evaluation.every) are skipped
-            left.plot(*zip(*points), marker="o", label=f"test {metric}")
-    left.set(xlabel="round", ylabel="global test metric", title="Global model", ylim=(0, 1.02))
-    left.legend()
-    # federated: the global model on each site's validation data; local: each site's own model on the test set
+def display(metric: str) -> str:
+    return DISPLAY.get(metric, metric.replace("_", " "))
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def fitted_limits(values: list[float], bounds: tuple[float, float] = (0.0, 1.0),
+                  margin: float = 0.08, least: float = 0.05) -> tuple[float, float]:
+    """A y-range around ``values``: their span plus ``margin`` of it on each side, at
+    least ``least`` wide, kept within ``bounds`` (with a sliver, so that a line at 1.0
+    is not hidden by the frame)."""
+    if not values:
+        return bounds
+    low, high = min(values), max(values)
+    pad = max((high - low) * margin, (least - (high - low)) / 2, 0.005)
+    sliver = 0.01 * (bounds[1] - bounds[0])
+    return max(low - pad, bounds[0] - sliver), min(high + pad, bounds[1] + sliver)
+
+
+@dataclass
+class SiteCurve:
+    """One site's points of the drawn metric, and what the legend says about it."""
+
+    site: str
+    label: str
+    points: list[tuple[int, float]] = field(default_factory=list)
+    size: int | None = None  # images the metric is computed on (validation), or trained on (local)
+
+    @property
+    def undefined(self) -> bool:
+        return not self.points
+
+
+def site_curves(rows: list[dict], site_names: dict[str, str] | None = None) -> tuple[str, bool, list[SiteCurve]]:
+    """The per-site metric to draw, whether it is the federated view, and each site's curve.
+
+    Federated: the global model on each site's validation data; local baseline: each
+    site's own model on the test set (there ``size`` is what it trained on)."""
     federated = any("global_model_at_sites" in r for r in rows)
     key, prefix = ("global_model_at_sites", "val_") if federated else ("sites", "test_")
-    found = {m for r in rows for site in r.get(key, {}).values() for m in site}
+    found = {m for r in rows for site in (r.get(key) or {}).values() for m in site}
     name = next((m for m in SITE_METRICS if prefix + m in found), "auc")
-    metric = prefix + name
-    ylabel = (f"global model's {name} on site validation data" if federated else f"local model's test {name}")
-    sites = sorted({s for r in rows for s in r.get(key, {})})
-    for site in sites:
-        points = [(r["round"], r[key][site].get(metric)) for r in rows if site in r.get(key, {})]
-        right.plot([p[0] for p in points], [p[1] for p in points], alpha=0.7, label=site)
-    right.set(xlabel="round", ylabel=ylabel, title="Sites", ylim=(0, 1.02))
+    curves = {}
+    for row in rows:
+        for site, metrics in (row.get(key) or {}).items():
+            curve = curves.setdefault(site, SiteCurve(site, (site_names or {}).get(site, site)))
+            if finite(metrics.get(prefix + name)):
+                curve.points.append((row["round"], float(metrics[prefix + name])))
+            if metrics.get("num-examples") is not None:
+                curve.size = int(metrics["num-examples"])
+    return name, federated, [curves[s] for s in sorted(curves)]
+
+
+def _legend_label(curve: SiteCurve, metric: str, federated: bool) -> str:
+    size = "" if curve.size is None else f" (n={curve.size})"
+    if not curve.undefined:
+        return curve.label + size
+    why = UNDEFINED.get(metric, "no value") if federated else "no value on the test set"
+    return f"{curve.label}{size}: {display(metric)} undefined ({why})"
+
+
+def _draw_global(ax, rows: list[dict]) -> list[float]:
+    values = []
+    for metric in TEST_METRICS:
+        points = [(r["round"], r["test"][metric]) for r in rows if finite(r.get("test", {}).get(metric))]
+        if points:  # rounds without a test evaluation (evaluation.every) are skipped
+            ax.plot(*zip(*points), marker="o", label=f"test {display(metric)}")
+            values += [v for _, v in points]
+    ax.set(xlabel="round", ylabel="global model on the test set", title="Global model",
+           ylim=fitted_limits(values))
+    if values:
+        ax.legend(fontsize=8, loc="best")
+    return values
+
+
+def _draw_sites(ax, rows: list[dict], site_names: dict[str, str] | None) -> list[SiteCurve]:
+    metric, federated, curves = site_curves(rows, site_names)
+    largest = max((c.size or 0 for c in curves), default=0)
+    values = []
+    # sites with a line first, then those without: a legend entry each, saying why
+    for curve in sorted(curves, key=lambda c: c.undefined):
+        label = _legend_label(curve, metric, federated)
+        if curve.undefined:
+            ax.add_line(Line2D([], [], color="grey", marker="x", linestyle="none", label=label))
+            continue
+        ax.plot(*zip(*curve.points), alpha=0.8, marker="." if len(curve.points) < 30 else None, label=label,
+                linewidth=_width(curve.size, largest))
+        values += [v for _, v in curve.points]
+    where = "validation data" if federated else "the test set"
+    whose = "global model" if federated else "local model"
+    ax.set(xlabel="round", ylabel=f"{whose}'s {display(metric)} on {where}",
+           title="Sites" + ("" if federated else " (each trained alone)"), ylim=fitted_limits(values))
+    if 0 < len(curves) <= LEGEND_SITES:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                  title=f"site (n: {'validation' if federated else 'training'} images;\nwider line: larger n)",
+                  title_fontsize=7)
+    elif curves:
+        ax.text(0.0, -0.2, _sites_note(curves, metric, federated), transform=ax.transAxes, fontsize=7,
+                va="top", wrap=True)
+    return curves
+
+
+def _width(size: int | None, largest: int) -> float:
+    """Thicker lines for larger sets: a 4-image validation AUC jumps about, a 300-image one does not."""
+    if not size or not largest:
+        return 1.5
+    return 0.8 + 2.2 * math.sqrt(size / largest)
+
+
+def _sites_note(curves: list[SiteCurve], metric: str, federated: bool) -> str:
+    """What the legend would say, for too many sites to list."""
+    sizes = [c.size for c in curves if c.size is not None]
+    text = f"{len(curves)} sites"
+    if sizes:
+        text += f", {'validation' if federated else 'training'} sets of {min(sizes)}-{max(sizes)} images"
+    undefined = [c.label for c in curves if c.undefined]
+    if undefined:
+        shown = ", ".join(undefined[:8]) + (f" and {len(undefined) - 8} more" if len(undefined) > 8 else "")
+        why = UNDEFINED.get(metric, "no value") if federated else "no value on the test set"
+        text += f"; no line for {shown}: {display(metric)} undefined ({why})"
+    return text
+
+
+def learning_curves_figure(rows: list[dict], site_names: dict[str, str] | None = None) -> Figure | None:
+    """Global test metrics per round (left) and each site's metric (right); the caller
+    closes the figure. ``site_names`` maps ``site-NNN`` to a name (deployed runs)."""
+    if not rows:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    _draw_global(left, rows)
+    _draw_sites(right, rows, site_names)
     for axis in (left, right):
         axis.xaxis.get_major_locator().set_params(integer=True)
-    if 0 < len(sites) <= 12:
-        right.legend(fontsize=7, ncol=2)
+        axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_privacy(rows: list[dict], path: Path) -> None:
+def plot_learning_curves(rows: list[dict], path: Path, site_names: dict[str, str] | None = None) -> None:
+    fig = learning_curves_figure(rows, site_names)
+    if fig is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+
+def plot_privacy(rows: list[dict], path: Path, site_names: dict[str, str] | None = None) -> None:
     """Epsilon spent after each round: every site (sample-level) or the federation (client-level)."""
     rows = [r for r in rows if r.get("privacy")]
     if not rows:
@@ -55,7 +183,8 @@ def plot_privacy(rows: list[dict], path: Path) -> None:
     rounds = [r["round"] for r in rows]
     sites = sorted({s for r in rows for s in r["privacy"].get("sites", {})})
     for site in sites:
-        ax.plot(rounds, [r["privacy"]["sites"].get(site, {}).get("epsilon") for r in rows], alpha=0.7, label=site)
+        ax.plot(rounds, [r["privacy"]["sites"].get(site, {}).get("epsilon") for r in rows], alpha=0.7,
+                label=(site_names or {}).get(site, site))
     ax.plot(rounds, [r["privacy"].get("epsilon") for r in rows], color="black", linewidth=2,
             marker="o", label="worst case" if sites else "federation")
     ax.set(xlabel="round", ylabel=f"epsilon (delta={rows[-1]['privacy'].get('delta')})",

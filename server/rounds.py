@@ -24,7 +24,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
@@ -36,6 +35,7 @@ from medfed.models.classification import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint
 from medfed.server.update_checks import check_updates
 from medfed.server.outputs import CHECKPOINT, RunOutputs
+from medfed.server.progress import RunProgress, sites_status
 
 log = logging.getLogger("medfed.server")
 
@@ -108,7 +108,7 @@ def federated_threshold(evaluation: dict[str, dict]) -> float:
     return 0.5 if positive is None else operating_threshold(positive, negative)
 
 
-HEADLINE = ("dice", "tstr_auc", "auc")  # the figure the progress bar shows, first found
+HEADLINE = ("dice", "tstr_auc", "auc")  # the figure the progress shows, first found
 
 
 def headline(test: dict[str, float]) -> str:
@@ -164,12 +164,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
         weights = plan.initial_weights()
     arrays = ArrayRecord(weights)
 
-    progress = Progress(
-        TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not plan.show_progress,
-    )
-    with progress:
-        task = progress.add_task("rounds", total=plan.rounds, completed=start_round, status="")
+    with RunProgress("federated rounds", plan.rounds, start_round, plan.show_progress) as progress:
         for rnd in range(start_round + 1, plan.rounds + 1):
             started = time.perf_counter()
             config = ConfigRecord(plan.site_config(rnd))
@@ -220,5 +215,7 @@ def run_rounds(grid: Grid, plan: RoundPlan) -> tuple[dict[str, torch.Tensor], li
             }
             lines.append(plan.outputs.log_round(row))
             save_checkpoint(checkpoint, rnd, weights, plan.strategy, plan.fingerprint, lines)
-            progress.update(task, advance=1, status=headline(test))
+            progress.advance(f"round {rnd}/{plan.rounds}", row["seconds"],
+                             ", ".join(filter(None, [headline(test), sites_status(
+                                 len(messages), len(sites), len(rejected))])))
     return weights, plan.outputs.rounds()

@@ -18,6 +18,8 @@ from medfed.models.spec import ModelSpec
 from medfed.server.evaluation import evaluator
 from medfed.server.outputs import RunOutputs
 from medfed.server.plan import initial_weights, train_settings
+from medfed.server.progress import RunProgress
+from medfed.server.rounds import headline
 from medfed.simulation.partition import SiteShard
 
 
@@ -41,15 +43,17 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
 
     def on_round(rnd, model, result, seconds):
         threshold = _threshold(spec, model, [s.val for s in sites], cfg.train.device)
+        test = evaluate(model.state_dict(), threshold, rnd)
         outputs.log_round({
-            "round": rnd, "test": evaluate(model.state_dict(), threshold, rnd),
-            "train": {"train_loss": result["train_loss"]}, "sites": {}, "seconds": seconds,
+            "round": rnd, "test": test, "train": {"train_loss": result["train_loss"]}, "sites": {}, "seconds": seconds,
         })
+        progress.advance(f"round {rnd}/{cfg.train.rounds}", seconds, headline(test))
 
     if cfg.train.local_steps:  # the federation takes local_steps at every site each round
         cfg = copy.deepcopy(cfg)
         cfg.train.local_steps = cfg.train.local_steps * len(sites)
-    weights = _train_rounds(cfg, spec, train, seed_offset=10_000, on_round=on_round)
+    with RunProgress("pooled rounds", cfg.train.rounds, enabled=cfg.logging.progress) as progress:
+        weights = _train_rounds(cfg, spec, train, seed_offset=10_000, on_round=on_round)
     return weights, outputs.rounds()[-1]["test"], {}
 
 
@@ -59,18 +63,24 @@ def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, ou
                          if spec.task == "gan" else None)
     per_round: dict[int, dict] = {}
     finals = {}
-    for index, site in enumerate(sites):
-        name = f"site-{index:03d}"
+    progress = RunProgress("local training, sites", len(sites), enabled=cfg.logging.progress)
+    with progress:
+        for index, site in enumerate(sites):
+            name = f"site-{index:03d}"
+            started = time.perf_counter()
 
-        def on_round(rnd, model, result, seconds, name=name, val=site.val):
-            threshold = _threshold(spec, model, [val], cfg.train.device)
-            metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict(), threshold, rnd).items()}
-            metrics["train_loss"] = result["train_loss"]
-            metrics["num-examples"] = result["num-examples"]
-            per_round.setdefault(rnd, {})[name] = metrics
+            def on_round(rnd, model, result, seconds, name=name, val=site.val):
+                threshold = _threshold(spec, model, [val], cfg.train.device)
+                metrics = {f"test_{k}": v for k, v in evaluate(model.state_dict(), threshold, rnd).items()}
+                metrics["train_loss"] = result["train_loss"]
+                metrics["num-examples"] = result["num-examples"]
+                per_round.setdefault(rnd, {})[name] = metrics
 
-        _train_rounds(cfg, spec, site.train, seed_offset=index, on_round=on_round)
-        finals[name] = per_round[cfg.train.rounds][name]
+            _train_rounds(cfg, spec, site.train, seed_offset=index, on_round=on_round)
+            finals[name] = per_round[cfg.train.rounds][name]
+            final = {k[len("test_"):]: v for k, v in finals[name].items() if k.startswith("test_")}
+            progress.advance(f"{name} ({index + 1}/{len(sites)}), {cfg.train.rounds} rounds",
+                             time.perf_counter() - started, headline(final))
     for rnd in sorted(per_round):
         outputs.log_round({"round": rnd, "test": _mean_test(per_round[rnd]), "sites": per_round[rnd]})
     return None, _mean_test(finals), finals
