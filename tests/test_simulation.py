@@ -151,3 +151,15 @@ def test_sigterm_stops_like_ctrl_c_keeps_the_checkpoint_and_leaves_no_process(cl
 
     assert cli(*args, "--output", stopped, "--resume", data_dir=small_pneumonia) == 0
     assert [r["round"] for r in _rounds(stopped)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_single_site_federation_finishes(cli, tmp_path, small_pneumonia):
+    """Every minimum node count is capped at the number of sites: one site does not wait for two."""
+    out = tmp_path / "one"
+    assert cli("simulate", str(CONFIG), *FAST, "partition.num_sites=1", "train.rounds=1", "--output", out,
+               data_dir=small_pneumonia) == 0
+    assert [r["round"] for r in _rounds(out)] == [1]
+    summary = _summary(out)
+    assert summary["privacy"]["membership_inference"]["seconds"] > 0
+    assert f"root: {small_pneumonia.resolve()}" in (out / "config.yaml").read_text()  # where the data was found
