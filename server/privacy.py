@@ -149,11 +149,12 @@ class PrivacyLedger:
             return {"mechanism": "none", "epsilon": None}
         if self.mechanism == "client":
             return {"mechanism": "client-level DP (Flower, RDP accountant)", **self.central}
-        epsilons = [s.get("epsilon") for s in self.sites.values() if s.get("epsilon") is not None]
+        reported = [s for s in self.sites.values() if s.get("epsilon") is not None]
+        worst = max(reported, key=lambda s: s["epsilon"], default={})
         return {
             "mechanism": "sample-level DP-SGD (Opacus)",
-            "epsilon": max(epsilons) if epsilons else None,  # the worst case over sites
-            "delta": self.delta,
+            "epsilon": worst.get("epsilon"),  # the worst case over sites
+            "delta": worst.get("delta", self.delta),  # at that site's own delta (a deployed site keeps its own)
             "sites": self.sites,
         }
 
