@@ -19,7 +19,10 @@ def read_source(source, root: Path) -> SegmentationImages:
     """``source``: a `SegmentationSource` config node (format, path, images, masks, fov...)."""
     path = Path(source.path) if Path(source.path).is_absolute() else root / source.path
     if not path.exists():
-        raise DataError(f"segmentation data not found: {path} (data.segmentation path '{source.path}')")
+        hint = (f"; DRIVE comes from https://drive.grand-challenge.org (registration needed): unpack it so "
+                f"that {path}/training and {path}/test exist, or point data.root or MEDFED_DATA_DIR at "
+                "the folder that holds DRIVE/") if source.format == "drive" else ""
+        raise DataError(f"segmentation data not found: {path} (data.segmentation path '{source.path}'){hint}")
     if source.format == "drive":
         return read_drive(path, source.split)
     if source.format == "masks":

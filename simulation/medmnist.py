@@ -48,8 +48,12 @@ def medmnist_path(flag: str, size: int, root: str | None = None) -> Path:
     return path
 
 
+MANUAL_DOWNLOAD = "https://zenodo.org/records/10519652"  # the MedMNIST v2 files, as the medmnist package fetches them
+
+
 def download(flag: str, size: int, path: Path) -> None:
-    where = f"put {path.name} into {path.parent} (or set MEDFED_DATA_DIR)"
+    where = (f"download {path.name} from {MANUAL_DOWNLOAD} and put it into {path.parent} "
+             "(or point data.root or MEDFED_DATA_DIR at the folder that holds it)")
     try:
         from medmnist import INFO
     except ImportError:
@@ -59,7 +63,18 @@ def download(flag: str, size: int, path: Path) -> None:
         ) from None
     suffix = "" if size == 28 else f"_{size}"
     url, md5 = INFO[flag][f"url{suffix}"], INFO[flag][f"MD5{suffix}"]
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(url, md5, path, where)
+    except DataError:
+        for folder in made:  # nothing left behind by a download that failed (innermost first)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _fetch(url: str, md5: str, path: Path, where: str) -> None:
     partial = path.with_name(path.name + ".partial")
     try:
         with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:

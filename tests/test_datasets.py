@@ -92,3 +92,31 @@ def test_missing_label_column(tmp_path):
 def test_labels_and_images_must_match():
     with pytest.raises(DataError, match="3 images but 2 labels"):
         LabelledImages(np.zeros((3, 4, 4), np.uint8), np.zeros(2, np.int64))
+
+
+def test_a_failed_download_says_where_to_get_the_file_and_leaves_no_folder(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from medfed.errors import DataError
+    from medfed.simulation.medmnist import medmnist_path
+
+    fake = types.ModuleType("medmnist")  # the catalogue, pointing at an address that refuses at once
+    fake.INFO = {"pneumoniamnist": {"url": "http://127.0.0.1:9/pneumoniamnist.npz", "MD5": "0" * 32}}
+    monkeypatch.setitem(sys.modules, "medmnist", fake)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(DataError, match="zenodo.org/records/10519652") as info:
+        medmnist_path("pneumoniamnist", 28, str(root))
+    assert "the download failed" in str(info.value) and str(root) in str(info.value)
+    assert not (tmp_path / "new").exists()
+
+
+def test_missing_drive_says_where_it_comes_from(tmp_path):
+    from omegaconf import OmegaConf
+
+    from medfed.client.segmentation_sources import read_source
+    from medfed.errors import DataError
+
+    source = OmegaConf.create({"format": "drive", "path": "DRIVE", "split": "train"})
+    with pytest.raises(DataError, match="drive.grand-challenge.org"):
+        read_source(source, tmp_path)
