@@ -56,6 +56,10 @@ class SiteControl:
         except MedfedError as exc:  # the site's own data cannot be read: say so, not where it lies
             log.error("%s cannot read its data: %s", self.name, exc)
             return self._refuse(msg, rnd, SITE_MISCONFIGURED, f"the site's data cannot be read ({type(exc).__name__})")
+        except Exception as exc:  # whatever a hostile round's values trip the checks on: refuse it
+            log.exception("%s cannot check the round's settings", self.name)
+            return self._refuse(msg, rnd, MALFORMED_MESSAGE,
+                                f"malformed message: the round's settings cannot be checked ({type(exc).__name__})")
         if not self._record(msg, IN, "accepted", None, rnd):
             return self._error(msg, AUDIT_FAILED, "the site's audit log cannot be written")
         reply, status = self._run(msg, ctxt, call_next), "sent"

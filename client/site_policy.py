@@ -254,13 +254,14 @@ def _noise_for_target(privacy: SitePrivacy, config, delta: float, clip: float, s
 def _budget(privacy: SitePrivacy, config) -> tuple[float | None, str | None]:
     """The tighter of the site's budget and the run's own (its max epsilon, else its
     target): a coordinator may ask a site to stop sooner, never later."""
+    budgets = []
+    if privacy.max_epsilon is not None:
+        budgets.append((privacy.max_epsilon, f"privacy.max_epsilon={privacy.max_epsilon:g}"))
     run_max, run_target = float(config["dp-max-epsilon"]), float(config["dp-target-epsilon"])
-    budgets = [(privacy.max_epsilon, f"privacy.max_epsilon={privacy.max_epsilon:g}" if privacy.max_epsilon else None)]
     if run_max > 0:
         budgets.append((run_max, f"the run's dp-max-epsilon={run_max:g}"))
     elif run_target > 0:
         budgets.append((run_target, f"the run's dp-target-epsilon={run_target:g}"))
-    budgets = [(value, setting) for value, setting in budgets if value is not None]
     return min(budgets) if budgets else (None, None)
 
 
