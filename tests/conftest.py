@@ -24,6 +24,12 @@ def pneumonia_or_skip() -> Path:
 @pytest.fixture
 def small_pneumonia(tmp_path: Path) -> Path:
     """A folder with ``pneumoniamnist.npz`` holding a class-balanced slice of the real file."""
+    return write_small_pneumonia(tmp_path / "data")
+
+
+def write_small_pneumonia(folder: Path) -> Path:
+    """``folder/pneumoniamnist.npz``: 240 training, 40 validation and 160 test images of the
+    real file, half of each class; returns ``folder``."""
     source = np.load(pneumonia_or_skip())
     rng = np.random.default_rng(0)
     sizes = {"train": 240, "val": 40, "test": 160}
@@ -34,8 +40,7 @@ def small_pneumonia(tmp_path: Path) -> Path:
         pick.sort()
         arrays[f"{split}_images"] = source[f"{split}_images"][pick]
         arrays[f"{split}_labels"] = source[f"{split}_labels"][pick]
-    folder = tmp_path / "data"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     np.savez(folder / "pneumoniamnist.npz", **arrays)
     return folder
 
