@@ -17,13 +17,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 TEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "dice", "iou", "tstr_auc")
 SITE_METRICS = ("dice", "auc")  # the first a run reports is drawn per site
 LEGEND_SITES = 12  # more sites than this are summed up in a note instead of a legend
-# why a site's metric can be undefined on its validation data (models/classification.py, segmentation.py)
-UNDEFINED = {"auc": "one class in validation", "dice": "no foreground in validation"}
+# why a site's metric is undefined on its validation data (models/classification.py)
+UNDEFINED = {"auc": "one class in validation"}
+NO_VALUE = "no value from its validation data"
 DISPLAY = {"auc": "AUC", "dice": "Dice", "tstr_auc": "TSTR AUC", "iou": "IoU"}
 
 
@@ -86,38 +88,45 @@ def _legend_label(curve: SiteCurve, metric: str, federated: bool) -> str:
     size = "" if curve.size is None else f" (n={curve.size})"
     if not curve.undefined:
         return curve.label + size
-    why = UNDEFINED.get(metric, "no value") if federated else "no value on the test set"
+    why = UNDEFINED.get(metric, NO_VALUE) if federated else "no value on the test set"
     return f"{curve.label}{size}: {display(metric)} undefined ({why})"
 
 
 def _draw_global(ax, rows: list[dict]) -> list[float]:
+    """The run's test metrics; each its own line style, as metrics often coincide
+    (accuracy and balanced accuracy on a balanced test set)."""
     values = []
+    styles = iter(zip(("-", "--", ":", "-.") * 2, ("o", "s", "^", "D", "v", "P")))
     for metric in TEST_METRICS:
         points = [(r["round"], r["test"][metric]) for r in rows if finite(r.get("test", {}).get(metric))]
         if points:  # rounds without a test evaluation (evaluation.every) are skipped
-            ax.plot(*zip(*points), marker="o", label=f"test {display(metric)}")
+            line, marker = next(styles)
+            ax.plot(*zip(*points), linestyle=line, marker=marker, label=f"test {display(metric)}")
             values += [v for _, v in points]
-    ax.set(xlabel="round", ylabel="global model on the test set", title="Global model",
-           ylim=fitted_limits(values))
+    whose, title = _test_model(rows)
+    ax.set(xlabel="round", ylabel=f"{whose} on the test set", title=title, ylim=fitted_limits(values))
     if values:
         ax.legend(fontsize=8, loc="best")
     return values
 
 
+def _test_model(rows: list[dict]) -> tuple[str, str]:
+    """Whose test metrics a run's lines hold: the global model, the pooled one, or the
+    mean of the sites' own models (the local baseline)."""
+    if any("global_model_at_sites" in r for r in rows):
+        return "global model", "Global model"
+    if any(r.get("sites") for r in rows):
+        return "mean of the local models", "Local models (mean over sites)"
+    return "pooled model", "Pooled model (all training data in one place)"
+
+
 def _draw_sites(ax, rows: list[dict], site_names: dict[str, str] | None) -> list[SiteCurve]:
     metric, federated, curves = site_curves(rows, site_names)
-    largest = max((c.size or 0 for c in curves), default=0)
-    values = []
-    # sites with a line first, then those without: a legend entry each, saying why
-    for curve in sorted(curves, key=lambda c: c.undefined):
-        label = _legend_label(curve, metric, federated)
-        if curve.undefined:
-            ax.add_line(Line2D([], [], color="grey", marker="x", linestyle="none", label=label))
-            continue
-        ax.plot(*zip(*curve.points), alpha=0.8, marker="." if len(curve.points) < 30 else None, label=label,
-                linewidth=_width(curve.size, largest))
-        values += [v for _, v in curve.points]
-    where = "validation data" if federated else "the test set"
+    if len(curves) > LEGEND_SITES:
+        values = _draw_crowd(ax, curves)
+    else:
+        values = _draw_each(ax, curves, metric, federated)
+    where = "each site's validation data" if federated else "the test set"
     whose = "global model" if federated else "local model"
     ax.set(xlabel="round", ylabel=f"{whose}'s {display(metric)} on {where}",
            title="Sites" + ("" if federated else " (each trained alone)"), ylim=fitted_limits(values))
@@ -126,9 +135,43 @@ def _draw_sites(ax, rows: list[dict], site_names: dict[str, str] | None) -> list
                   title=f"site (n: {'validation' if federated else 'training'} images;\nwider line: larger n)",
                   title_fontsize=7)
     elif curves:
+        ax.legend(fontsize=7, loc="best")
         ax.text(0.0, -0.2, _sites_note(curves, metric, federated), transform=ax.transAxes, fontsize=7,
                 va="top", wrap=True)
     return curves
+
+
+def _draw_each(ax, curves: list[SiteCurve], metric: str, federated: bool) -> list[float]:
+    """A line and a legend entry per site; sites without a value get an entry saying why."""
+    largest = max((c.size or 0 for c in curves), default=0)
+    values = []
+    for curve in sorted(curves, key=lambda c: c.undefined):  # sites with a line first
+        label = _legend_label(curve, metric, federated)
+        if curve.undefined:
+            ax.add_line(Line2D([], [], color="grey", marker="x", linestyle="none", label=label))
+            continue
+        ax.plot(*zip(*curve.points), alpha=0.8, marker="." if len(curve.points) < 30 else None, label=label,
+                linewidth=_width(curve.size, largest))
+        values += [v for _, v in curve.points]
+    return values
+
+
+def _draw_crowd(ax, curves: list[SiteCurve]) -> list[float]:
+    """Too many sites for a colour each: every site faint, the median and middle half over sites bold."""
+    per_round: dict[int, list[float]] = {}
+    for curve in curves:
+        if curve.points:
+            ax.plot(*zip(*curve.points), color="grey", alpha=0.25, linewidth=0.7)
+        for rnd, value in curve.points:
+            per_round.setdefault(rnd, []).append(value)
+    if not per_round:
+        return []
+    rounds = sorted(per_round)
+    low, median, high = np.array([np.percentile(per_round[r], [25, 50, 75]) for r in rounds]).T
+    ax.fill_between(rounds, low, high, color="tab:blue", alpha=0.25, label="middle half of the sites")
+    ax.plot(rounds, median, color="tab:blue", linewidth=2.5, marker="o", label="median over sites")
+    ax.add_line(Line2D([], [], color="grey", alpha=0.5, linewidth=0.7, label="each site"))
+    return [v for values in per_round.values() for v in values]
 
 
 def _width(size: int | None, largest: int) -> float:
@@ -147,20 +190,22 @@ def _sites_note(curves: list[SiteCurve], metric: str, federated: bool) -> str:
     undefined = [c.label for c in curves if c.undefined]
     if undefined:
         shown = ", ".join(undefined[:8]) + (f" and {len(undefined) - 8} more" if len(undefined) > 8 else "")
-        why = UNDEFINED.get(metric, "no value") if federated else "no value on the test set"
+        why = UNDEFINED.get(metric, NO_VALUE) if federated else "no value on the test set"
         text += f"; no line for {shown}: {display(metric)} undefined ({why})"
     return text
 
 
 def learning_curves_figure(rows: list[dict], site_names: dict[str, str] | None = None) -> Figure | None:
-    """Global test metrics per round (left) and each site's metric (right); the caller
-    closes the figure. ``site_names`` maps ``site-NNN`` to a name (deployed runs)."""
+    """Test metrics per round (left) and each site's metric (right; none for the pooled
+    baseline); the caller closes the figure. ``site_names`` maps ``site-NNN`` to a name (deployed runs)."""
     if not rows:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
-    _draw_global(left, rows)
-    _draw_sites(right, rows, site_names)
-    for axis in (left, right):
+    with_sites = any(r.get("global_model_at_sites") or r.get("sites") for r in rows)  # not pooled
+    fig, axes = plt.subplots(1, 1 + with_sites, figsize=(12 if with_sites else 6.5, 4.4), squeeze=False)
+    _draw_global(axes[0, 0], rows)
+    if with_sites:
+        _draw_sites(axes[0, 1], rows, site_names)
+    for axis in axes[0]:
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
     fig.tight_layout()

@@ -61,7 +61,7 @@ def test_undefined_metric_sites_and_sizes_are_in_the_legend():
     assert not any(label.startswith("site-003") for label in lines)  # no line, only the note
 
 
-def test_many_sites_are_summed_up_in_a_note():
+def test_many_sites_are_summed_up_by_their_median_and_a_note():
     sizes = {f"site-{i:03d}": 10 + i for i in range(20)}
     rows = _rows(sites=sizes)
     for row in rows:
@@ -69,7 +69,7 @@ def test_many_sites_are_summed_up_in_a_note():
     fig = learning_curves_figure(rows)
     try:
         notes = " ".join(t.get_text() for t in fig.axes[1].texts)
-        assert fig.axes[1].get_legend() is None
+        assert _legend(fig.axes[1]) == ["middle half of the sites", "median over sites", "each site"]
     finally:
         plt.close(fig)
     assert "20 sites, validation sets of 10-29 images" in notes
@@ -117,3 +117,34 @@ def test_partition_report_names_classes_and_sites(tmp_path):
     assert legend == ["normal", "pneumonia"]
     assert sites_shown == ["north", "south"]
     assert shares == pytest.approx([30 / 32, 0, 2 / 32, 1])  # the skew shows whatever a site's size
+
+
+def test_a_deployed_runs_plot_names_its_sites(tmp_path, monkeypatch):
+    """``sites.json`` (written by the deployed ServerApp) turns site-NNN into the sites' names."""
+    import json
+
+    from medfed.server import outputs as run_outputs
+
+    drawn = {}
+    monkeypatch.setattr(run_outputs, "plot_learning_curves",
+                        lambda rows, path, names: drawn.update(rows=rows, names=names))
+    outputs = run_outputs.RunOutputs(tmp_path)
+    for row in _rows():
+        outputs.log_round(row)
+    (tmp_path / "sites.json").write_text(json.dumps({"site-000": "north", "site-001": "south"}))
+    outputs.plot()
+    assert drawn["names"] == {"site-000": "north", "site-001": "south"} and len(drawn["rows"]) == 4
+    fig = learning_curves_figure(drawn["rows"], drawn["names"])
+    try:
+        assert {"north (n=57)", "south (n=303)"} <= set(_legend(fig.axes[1]))
+    finally:
+        plt.close(fig)
+
+
+def test_the_pooled_baseline_has_one_panel_named_for_its_model():
+    rows = [{"round": r, "test": {"auc": 0.8 + 0.05 * r}, "sites": {}} for r in (1, 2)]
+    fig = learning_curves_figure(rows)
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["Pooled model (all training data in one place)"]
+    finally:
+        plt.close(fig)
