@@ -11,6 +11,7 @@ the peak resident memory of the whole process tree.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from medfed.config import load_config
+from medfed.errors import MedfedError
 from medfed.simulation.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,8 +87,18 @@ def measure(config: Path, overrides: list[str], mode: str, out: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    config = Path(argv[0]) if argv and argv[0].endswith(".yaml") else REPO / "configs/pneumonia-fedavg.yaml"
-    overrides = [a for a in argv if "=" in a]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Data is found as by 'medfed simulate' (data.root, MEDFED_DATA_DIR, ./data).")
+    parser.add_argument("settings", nargs="*", metavar="[CONFIG] key=value",
+                        help="an experiment config (default: configs/pneumonia-fedavg.yaml) and settings to "
+                             "change (default: train.rounds=5)")
+    settings = parser.parse_args(argv).settings
+    config = Path(settings[0]) if settings and "=" not in settings[0] else REPO / "configs/pneumonia-fedavg.yaml"
+    overrides = [a for a in settings if "=" in a]
+    try:
+        load_config(config, DEFAULTS + overrides)
+    except MedfedError as exc:
+        parser.exit(2, f"federated_vs_pooled: {exc}\n")
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(config, overrides, mode, Path(tmp)) for mode in ("pooled", "federated")]
     print(f"{'mode':<10} {'rounds':>6} {'training s':>11} {'start-up s':>11} {'total s':>8} {'peak MiB':>9} {'test AUC':>9}")
