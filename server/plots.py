@@ -16,13 +16,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 TEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "dice", "iou", "tstr_auc")
 SITE_METRICS = ("dice", "auc")  # the first a run reports is drawn per site
-LEGEND_SITES = 12  # more sites than this are summed up in a note instead of a legend
+LEGEND_SITES = 12  # more sites than this: their median, and a note instead of a legend entry each
 # why a site's metric is undefined on its validation data (models/classification.py)
 UNDEFINED = {"auc": "one class in validation"}
 NO_VALUE = "no value from its validation data"
@@ -88,8 +88,12 @@ def _legend_label(curve: SiteCurve, metric: str, federated: bool) -> str:
     size = "" if curve.size is None else f" (n={curve.size})"
     if not curve.undefined:
         return curve.label + size
+    return f"{curve.label}{size}: {_undefined(metric, federated)}"
+
+
+def _undefined(metric: str, federated: bool) -> str:
     why = UNDEFINED.get(metric, NO_VALUE) if federated else "no value on the test set"
-    return f"{curve.label}{size}: {display(metric)} undefined ({why})"
+    return f"{display(metric)} undefined ({why})"
 
 
 def _draw_global(ax, rows: list[dict]) -> list[float]:
@@ -135,7 +139,8 @@ def _draw_sites(ax, rows: list[dict], site_names: dict[str, str] | None) -> list
                   title=f"site (n: {'validation' if federated else 'training'} images;\nwider line: larger n)",
                   title_fontsize=7)
     elif curves:
-        ax.legend(fontsize=7, loc="best")
+        if values:
+            ax.legend(fontsize=7, loc="best")
         ax.text(0.0, -0.2, _sites_note(curves, metric, federated), transform=ax.transAxes, fontsize=7,
                 va="top", wrap=True)
     return curves
@@ -190,8 +195,7 @@ def _sites_note(curves: list[SiteCurve], metric: str, federated: bool) -> str:
     undefined = [c.label for c in curves if c.undefined]
     if undefined:
         shown = ", ".join(undefined[:8]) + (f" and {len(undefined) - 8} more" if len(undefined) > 8 else "")
-        why = UNDEFINED.get(metric, NO_VALUE) if federated else "no value on the test set"
-        text += f"; no line for {shown}: {display(metric)} undefined ({why})"
+        text += f"; no line for {shown}: {_undefined(metric, federated)}"
     return text
 
 
