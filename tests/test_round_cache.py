@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
 from deployment_helpers import site_npz
 from medfed.client import app as client_app
@@ -58,8 +58,7 @@ def _round(rnd: int = 1, run_key: str = "run-a", *overrides: str) -> tuple[dict,
 
 
 def _send(site: Site, config: dict, arrays: ArrayRecord) -> Message:
-    from flwr.app import ConfigRecord
-
+    """The round as a train message through the site's ClientApp; the reply (never an error)."""
     metadata = Metadata(run_id=int(time.monotonic_ns()), message_id=f"m-{time.monotonic_ns()}", src_node_id=1,
                         dst_node_id=2, reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600,
                         message_type=MessageType.TRAIN, src_task_id=1, dst_task_id=2)
