@@ -6,6 +6,7 @@ script shows how much less, and with ``--train`` what that is worth in test AUC.
 
     python benchmarks/dp_accountants.py                       # the noise each site gets: seconds
     python benchmarks/dp_accountants.py --train --output runs/dp-accountants   # 4 federated runs
+    python benchmarks/dp_accountants.py --train --set seed=7 --output runs/dp-accountants-seed7
 
 Without ``--train`` it prints, for every config and site, the noise multiplier that
 medfed chooses (client/noise_calibration.py) under ``privacy.accountant`` rdp and prv,
@@ -80,14 +81,14 @@ def print_noise(config: str) -> None:
     print(f"PRV calibration: {1 - sum(ratios) / len(ratios):.1%} less noise on average over the sites")
 
 
-def run(config: str, accountant: str, output: Path) -> tuple[dict, float | None]:
+def run(config: str, accountant: str, output: Path, overrides: list[str]) -> tuple[dict, float | None]:
     """The run's summary, training it first unless it has finished already; its minutes."""
     name = f"{Path(config).stem}-{accountant}"
     folder = output / name
     if (folder / "summary.json").is_file():
         return json.loads((folder / "summary.json").read_text()), None
     command = [str(Path(sys.executable).with_name("medfed")), "simulate", config,
-               f"privacy.accountant={accountant}", "--output", str(folder)]
+               *overrides, f"privacy.accountant={accountant}", "--output", str(folder)]
     if folder.exists():
         command.append("--resume")
     print("running:", " ".join(command[1:]), flush=True)
@@ -108,7 +109,7 @@ def recomputed(privacy: dict) -> dict[str, float]:
     return worst
 
 
-def print_training(output: Path) -> None:
+def print_training(output: Path, overrides: list[str]) -> None:
     output.mkdir(parents=True, exist_ok=True)
     print("\n| config | accountant | target | epsilon reported (worst site) | dp-acc. RDP | dp-acc. PLD "
           "| within by both | mean noise | test AUC | accuracy | minutes |")
@@ -116,7 +117,7 @@ def print_training(output: Path) -> None:
     for config in CONFIGS:
         target = load_config(config).privacy.target_epsilon
         for accountant in ACCOUNTANTS:
-            summary, minutes = run(config, accountant, output)
+            summary, minutes = run(config, accountant, output, overrides)
             privacy, test = summary["privacy"], summary["test"]
             again = recomputed(privacy)
             # the site reports Opacus' epsilon or its pair's, whichever is larger
@@ -133,12 +134,14 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="also train each config with each accountant")
     parser.add_argument("--output", type=Path, default=Path("runs/dp-accountants"))
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings for every run, e.g. seed=7 (a separate --output for each set)")
     args = parser.parse_args()
     CONFIGS[:] = args.configs
     for config in CONFIGS:
         print_noise(config)
     if args.train:
-        print_training(args.output)
+        print_training(args.output, args.set)
 
 
 if __name__ == "__main__":
