@@ -90,10 +90,10 @@ def least_noise(accountants: Sequence[EpsilonOf], target: float) -> float:
 def _least_noise(epsilon: EpsilonOf, target: float, above: float) -> float:
     """The least noise >= ``above`` at which ``epsilon(noise) <= target``: a bracket, then
     regula falsi (Illinois) on log epsilon against log noise, which is nearly a straight
-    line, so that a costly accountant is asked 5 to 8 times rather than 15 by bisection.
+    line, so that a costly accountant is asked about 8 times rather than 15 by bisection.
     The noise returned always satisfies the target, whatever the accountant's numerics."""
     def excess(noise: float) -> float:  # > 0: over the target
-        return math.log(epsilon(noise) / target)
+        return math.log(max(epsilon(noise), 1e-300) / target)  # an accountant may round a tiny epsilon to 0
 
     low, f_low = above, excess(above) if above > 0 else math.inf
     if f_low <= 0:
