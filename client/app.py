@@ -129,14 +129,15 @@ def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> Metr
     return MetricRecord(metrics)
 
 
-def make_client_app(locate_site: Callable[[dict], Site], mods: Sequence = ()) -> ClientApp:
-    """A ClientApp whose site is found from the SuperNode's ``node_config``; ``mods`` run
-    outside the clipping mod (a deployed site's own controls see what really leaves it)."""
+def make_client_app(locate_site: Callable[[Context], Site], mods: Sequence = ()) -> ClientApp:
+    """A ClientApp whose site is found from its Context (the SuperNode's ``node_config``,
+    and for `flwr run .` the run's config); ``mods`` run outside the clipping mod (a
+    deployed site's own controls see what really leaves it)."""
     app = ClientApp(mods=[*mods, client_level_clipping_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        site = locate_site(context.node_config)
+        site = locate_site(context)
         received, config = msg.content["arrays"], msg.content["config"]
         # a round sent again after a coordinator restart is answered without training again
         cache = RoundCache(site.state_dir, (ACCOUNTANT_FILE, NORM_STATE_FILE))
@@ -149,7 +150,7 @@ def make_client_app(locate_site: Callable[[dict], Site], mods: Sequence = ()) ->
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        site = locate_site(context.node_config)
+        site = locate_site(context)
         metrics = evaluate_site(site, msg.content["arrays"], msg.content["config"])
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 

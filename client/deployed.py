@@ -12,7 +12,7 @@ from medfed.client.deployed_site import locate_deployed_site
 from medfed.client.message_checks import MALFORMED_MESSAGE
 from medfed.client.site_control import site_control_mod
 
-app = make_client_app(locate_deployed_site, mods=[site_control_mod])
+app = make_client_app(lambda context: locate_deployed_site(context.node_config), mods=[site_control_mod])
 
 
 @app.query()

@@ -75,8 +75,8 @@ class SimulatedSites:
     threads: int = 1
     terms: SiteTerms = field(default_factory=SiteTerms)  # every virtual site's (simulation.virtual_sites)
 
-    def __call__(self, node_config) -> Site:
-        index = int(node_config["partition-id"])
+    def __call__(self, context) -> Site:
+        index = int(context.node_config["partition-id"])
         folder = Path(self.root) / site_folder_name(index)
         train, val = read_site_data(folder)
         return Site(site_folder_name(index), index, train, val, folder / "state",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,8 @@ from medfed.server.progress import phase, say
 from medfed.models.spec import ModelSpec
 from medfed.server.examples import save_examples
 from medfed.server.plan import experiment_spec, round_plan, train_settings
-from medfed.server.rounds import RoundFailed
+from medfed.server.app import ServerResult
+from medfed.server.rounds import RoundFailed, RoundPlan
 from medfed.server.update_checks import rejections
 from medfed.client.training import resolve_device, train
 from medfed.simulation.audit import membership_attack
@@ -45,6 +47,8 @@ from medfed.simulation.sources import load_experiment_data
 from medfed.simulation.virtual_sites import check_sites_accept
 
 log = logging.getLogger("medfed")
+# runs the rounds of a plan over the sites stored under a folder: (cfg, plan, sites_root, num_sites)
+Federate = Callable[[DictConfig, RoundPlan, str, int], ServerResult]
 
 
 class RunDirError(MedfedError):
@@ -76,23 +80,25 @@ def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
 
 
 def run_experiment(cfg: DictConfig, out: Path | None = None, resume: bool = False,
-                   console: Console | None = None) -> dict:
+                   console: Console | None = None, federate: Federate | None = None) -> dict:
     """Run ``cfg`` in its mode (federated, pooled or local); return the summary.
 
+    ``federate`` runs the rounds of a federated run: by default Flower's Simulation Engine
+    started here (`medfed.simulation.engine`); `flwr run .` passes the Grid Flower gave it.
     A start that fails before its first checkpoint leaves no folder behind, so the
     corrected command can be run as it is (without --resume, and with the same --output)."""
     out = Path(out) if out else default_output(cfg)
     _check_output(out, resume)
     fresh = not resume and not out.exists()
     try:
-        return _run_experiment(cfg, out, resume, console or Console(stderr=True))
+        return _run_experiment(cfg, out, resume, console or Console(stderr=True), federate)
     except Exception:
         if fresh and not (out / CHECKPOINT).is_file():
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console) -> dict:
+def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, federate: Federate | None) -> dict:
     started = time.perf_counter()
     # config.yaml records where the data was found, so a resume from another shell finds it too
     cfg.data.root = str(data_dir(cfg.data.root).resolve())
@@ -138,7 +144,7 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console) 
     privacy, stopped = {"mechanism": "none", "epsilon": None}, None
     if cfg.mode == "federated":
         weights, test, per_site, privacy, stopped = _federated(cfg, spec, data, sites_root, len(sites),
-                                                               outputs, resume, console)
+                                                               outputs, resume, console, federate)
     elif cfg.mode == "pooled":
         weights, test, per_site = run_pooled(cfg, spec, sites, data.test, outputs)
     else:
@@ -230,13 +236,14 @@ def _reference_trainer(cfg: DictConfig, spec: ModelSpec, device):
 
 
 def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOutputs, resume: bool,
-               console: Console):
-    from medfed.simulation.engine import simulate_federation  # imports Ray: only when needed
-
+               console: Console, federate: Federate | None):
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, cfg.logging.progress)
-    if cfg.logging.progress:  # Ray takes a while to start; the first round's line follows
-        say(console, f"starting Flower's Simulation Engine with {num_sites} virtual sites ...")
-    result = simulate_federation(cfg, plan, str(sites_root), num_sites)
+    if federate is None:
+        from medfed.simulation.engine import simulate_federation as federate  # imports Ray: only when needed
+
+        if cfg.logging.progress:  # Ray takes a while to start; the first round's line follows
+            say(console, f"starting Flower's Simulation Engine with {num_sites} virtual sites ...")
+    result = federate(cfg, plan, str(sites_root), num_sites)
     if result.error is not None:
         raise result.error
     rows = result.rounds
