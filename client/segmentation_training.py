@@ -159,9 +159,12 @@ def predict(model: nn.Module, image: np.ndarray, fov: np.ndarray | None, patch: 
     return (total / (len(spatial) + 1))[0].cpu().numpy()
 
 
-def evaluate_segmentation(model: nn.Module, data: SegmentationImages, patch: int,
-                          device: torch.device, contrast: str = "none") -> dict[str, float]:
-    """Mean Dice, IoU, HD95 and pixel AUC over ``data``'s whole images."""
-    per_image = [segmentation.metrics(mask, predict(model, image, fov, patch, device, contrast), fov)
+def evaluate_segmentation(model: nn.Module, data: SegmentationImages, patch: int, device: torch.device,
+                          contrast: str = "none", per_class: bool = False,
+                          regions: dict[str, list[int]] | None = None) -> dict[str, float]:
+    """Mean Dice, IoU, HD95 and pixel AUC over ``data``'s whole images (and per class and
+    region: `medfed.models.segmentation.metrics`)."""
+    per_image = [segmentation.metrics(mask, predict(model, image, fov, patch, device, contrast), fov,
+                                      per_class, regions)
                  for image, mask, fov in zip(data.images, data.masks, data.fov)]
     return segmentation.summarise(per_image)

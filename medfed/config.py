@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -63,6 +64,12 @@ class SegmentationDataConfig:
     patch_size: int = 64  # training patches and inference windows (pixels per side)
     contrast: str = "none"  # none | clahe: equalise each channel's local contrast before normalising
     overlays: int = 4  # test images saved as image / truth / prediction PNGs
+    overlay_channels: list[int] = field(default_factory=list)  # drawn: one channel, or 2-3 as RGB; [] = 0 (RGB if 3)
+    # of each site's cases (patients), held out as its own test images; their union is the
+    # global test set and data.segmentation.test is not read. 0: the test set is data.segmentation.test
+    test_fraction: float = 0.0
+    # test Dice and HD95 of groups of classes too, e.g. {WT: [1, 2, 3], TC: [1, 3], ET: [3]}
+    regions: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -292,6 +299,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _explain(exc, f"override '{item}'") from exc
+        except yaml.YAMLError as exc:  # the value is read as YAML: '{a:[1]}' needs 'a: [1]'
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(f"override '{item}': its value is not valid YAML ({problem})") from exc
     validate(cfg)
     return cfg
 
@@ -406,6 +416,15 @@ def validate_task(cfg: DictConfig) -> None:
            f"lists one positive stride per level below the first ({len(m.channels) - 1}), got {list(m.strides)}")
     _check(seg.patch_size % math.prod(m.strides) == 0, "data.segmentation.patch_size",
            f"must be a multiple of the product of model.strides ({math.prod(m.strides)}), got {seg.patch_size}")
+    channels = list(seg.overlay_channels)
+    _check(len(channels) <= 3 and len(set(channels)) == len(channels) and all(c >= 0 for c in channels),
+           "data.segmentation.overlay_channels", f"lists up to 3 distinct channel indices, got {channels}")
+    _check(0 <= seg.test_fraction < 1 and cfg.data.val_fraction + seg.test_fraction < 1,
+           "data.segmentation.test_fraction",
+           f"must be in [0, 1) and leave training cases beside data.val_fraction, got {seg.test_fraction}")
+    for region, classes in seg.regions.items():
+        _check(len(classes) > 0 and all(c >= 1 for c in classes), f"data.segmentation.regions.{region}",
+               f"lists foreground classes (1 and up), got {list(classes)}")
     sources = {"data.segmentation.train": seg.train, "data.segmentation.test": seg.test}
     sources.update({f"data.segmentation.sites[{i}]": s for i, s in enumerate(seg.sites)})
     for key, source in sources.items():

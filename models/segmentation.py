@@ -84,12 +84,17 @@ def _clahe(channel: np.ndarray) -> np.ndarray:
     return equalize_adapthist(scaled, clip_limit=0.01).astype(np.float32)
 
 
-def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None) -> dict[str, float]:
+def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None, per_class: bool = False,
+            regions: dict[str, list[int]] | None = None) -> dict[str, float]:
     """Dice, IoU, HD95 (pixels) and pixel AUC of one image.
 
     ``truth``: label map ``(*spatial)``; ``probs``: class probabilities ``(K, *spatial)``.
     Outside the field of view both truth and prediction count as background. With more
-    than two classes each metric is the mean over the foreground classes."""
+    than two classes each metric is the mean over the foreground classes; ``per_class``
+    adds ``dice_class_C`` and ``hd95_class_C`` of every foreground class C, and each of
+    ``regions`` (name -> classes, e.g. a tumour's sub-regions) ``dice_NAME`` and
+    ``hd95_NAME`` of the union of its classes. These go into the server's test metrics only:
+    a site's replies carry `METRIC_NAMES`."""
     inside = np.ones(truth.shape, bool) if fov is None else fov
     k = probs.shape[0]
     pred = np.where(inside, probs.argmax(axis=0), 0)
@@ -101,12 +106,34 @@ def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None) -> dic
     with warnings.catch_warnings():  # MONAI's own call of one of its deprecated arguments
         warnings.simplefilter("ignore", FutureWarning)
         hd95 = compute_hausdorff_distance(y_pred, y_true, include_background=False, percentile=95)
-    return {
+    out = {
         "dice": float(dice.nanmean()),
         "iou": float(iou.nanmean()),
         "hd95": float(hd95.nanmean()) if torch.isfinite(hd95).any() else float("nan"),
         "auc": pixel_auc(true[inside], probs[:, inside]),
     }
+    if per_class and k > 2:
+        for c in range(1, k):
+            out[f"dice_class_{c}"], out[f"hd95_class_{c}"] = float(dice[0, c - 1]), _finite(hd95[0, c - 1])
+    for name, classes in (regions or {}).items():
+        out[f"dice_{name}"], out[f"hd95_{name}"] = _region(np.isin(true, classes), np.isin(pred, classes))
+    return out
+
+
+def _finite(value: torch.Tensor) -> float:
+    """HD95 is undefined (MONAI: inf or NaN) when the class is absent from truth or prediction."""
+    return float(value) if torch.isfinite(value) else float("nan")
+
+
+def _region(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Dice and HD95 of one region (a union of classes) as a binary mask."""
+    y_pred = torch.from_numpy(np.stack([~pred, pred]).astype(np.float32))[None]
+    y_true = torch.from_numpy(np.stack([~true, true]).astype(np.float32))[None]
+    dice = compute_dice(y_pred, y_true, include_background=False, ignore_empty=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = compute_hausdorff_distance(y_pred, y_true, include_background=False, percentile=95)
+    return float(dice[0, 0]), _finite(hd95[0, 0])
 
 
 def pixel_auc(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> float:

@@ -61,6 +61,9 @@ def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     from medfed.server.plan import experiment_spec, round_plan
     from medfed.simulation.sources import load_experiment_data
 
+    if cfg.task == "segmentation" and cfg.data.segmentation.test_fraction:
+        raise ConfigError("data.segmentation.test_fraction holds out cases of simulated sites; a deployed "
+                          "coordinator scores on its own data.segmentation.test: set test_fraction to 0")
     data = load_experiment_data(cfg)
     spec = experiment_spec(cfg, data)
     outputs = RunOutputs(out, start_wandb(cfg.logging.wandb, cfg.logging.wandb_project, out.name, as_dict(cfg), out))

@@ -45,8 +45,9 @@ def _scorer(cfg, spec: ModelSpec, test, train_pool, out, device):
     if spec.task == SEGMENTATION:
         from medfed.client.segmentation_training import evaluate_segmentation
 
+        regions = {name: list(classes) for name, classes in cfg.data.segmentation.regions.items()}
         return lambda model, threshold, rnd: evaluate_segmentation(
-            model, test, inference_window(spec.image_size), device, spec.contrast)
+            model, test, inference_window(spec.image_size), device, spec.contrast, per_class=True, regions=regions)
     if spec.task == GAN:
         from medfed.server.synthesis import SynthesisJudge
 

@@ -118,10 +118,14 @@ class RunOutputs:
             self.wandb_run.log(flat, step=row["round"])
         return line
 
-    def save_model(self, weights: dict[str, torch.Tensor], meta: dict) -> None:
-        partial = self.path(MODEL + ".partial")
+    def save_model(self, weights: dict[str, torch.Tensor], meta: dict, file: str = MODEL) -> Path:
+        """``model.pt`` (or ``file``, e.g. ``models/site-000.pt``), written whole."""
+        path = self.path(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
         torch.save({"weights": weights, "meta": meta}, partial)
-        partial.replace(self.path(MODEL))
+        partial.replace(path)
+        return path
 
     def site_names(self) -> dict[str, str]:
         """``site-NNN -> name`` from ``sites.json`` (a deployed run's); none without it."""

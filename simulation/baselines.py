@@ -22,6 +22,8 @@ from medfed.server.progress import RunProgress
 from medfed.server.rounds import headline
 from medfed.simulation.partition import SiteShard
 
+MODELS = "models"  # mode=local: one model per site
+
 
 def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) -> dict[str, torch.Tensor]:
     model = spec.build()
@@ -58,7 +60,8 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
 
 
 def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
-    """Each site trains alone; every local model is scored on the global test set."""
+    """Each site trains alone; every local model is saved (``models/site-NNN.pt``) and
+    scored on the global test set, and on the site's own test images where it has them."""
     evaluate = evaluator(cfg, spec, test, LabelledImages.concat([s.train for s in sites])
                          if spec.task == "gan" else None)
     per_round: dict[int, dict] = {}
@@ -76,14 +79,22 @@ def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, ou
                 metrics["num-examples"] = result["num-examples"]
                 per_round.setdefault(rnd, {})[name] = metrics
 
-            _train_rounds(cfg, spec, site.train, seed_offset=index, on_round=on_round)
-            finals[name] = per_round[cfg.train.rounds][name]
+            weights = _train_rounds(cfg, spec, site.train, seed_offset=index, on_round=on_round)
+            outputs.save_model(weights, {"model": spec.__dict__, "site": site.name}, f"{MODELS}/{name}.pt")
+            finals[name] = dict(per_round[cfg.train.rounds][name])
+            if site.test is not None:
+                finals[name]["own_test"] = own_test(cfg, spec, site, weights)
             final = {k[len("test_"):]: v for k, v in finals[name].items() if k.startswith("test_")}
             progress.advance(f"{name} ({index + 1}/{len(sites)}), {cfg.train.rounds} rounds",
                              time.perf_counter() - started, headline(final))
     for rnd in sorted(per_round):
         outputs.log_round({"round": rnd, "test": _mean_test(per_round[rnd]), "sites": per_round[rnd]})
     return None, _mean_test(finals), finals
+
+
+def own_test(cfg: DictConfig, spec: ModelSpec, site: SiteShard, weights) -> dict[str, float]:
+    """A model's test metrics on the site's own held-out cases (segmentation: no threshold)."""
+    return evaluator(cfg, spec, site.test)(weights, 0.5, cfg.train.rounds)
 
 
 def _threshold(spec: ModelSpec, model, validation: list[LabelledImages], device: str) -> float:

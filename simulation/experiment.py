@@ -38,9 +38,9 @@ from medfed.simulation.audit import membership_attack
 from medfed.simulation.canaries import canary_attack, plant_canaries
 from medfed.simulation.class_names import class_names
 from medfed.simulation.adversary import flip_labels
-from medfed.simulation.baselines import run_local, run_pooled
+from medfed.simulation.baselines import own_test, run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
-from medfed.simulation.report import print_partition_table, write_partition_report
+from medfed.simulation.report import print_partition_table, write_case_split, write_partition_report
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.medmnist import data_dir
 from medfed.simulation.sources import load_experiment_data
@@ -76,6 +76,8 @@ def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
             rng = np.random.default_rng([cfg.seed, i, 11])
             apply = scanner.apply_segmentation if cfg.task == "segmentation" else scanner.apply
             site.train, site.val = apply(site.train, rng), apply(site.val, rng)
+            if site.test is not None:
+                site.test = apply(site.test, rng)
     return scanners
 
 
@@ -109,6 +111,8 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
         data = load_experiment_data(cfg)
         sites = natural_sites(data.natural, cfg) if data.natural else partition(data.pool, cfg)
         scanners = _apply_shift(sites, cfg)
+    if data.test is None:  # data.segmentation.test_fraction: the sites' held-out cases are the test set
+        data.test = type(sites[0].test).concat([s.test for s in sites])
     spec = experiment_spec(cfg, data)
     spec.build()  # an unknown model name fails here, before anything is written
     if cfg.attack.behaviour == "label_flip":
@@ -131,6 +135,8 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
     outputs.write_config(to_yaml(cfg))
     title = f"{cfg.name}: {cfg.partition.scheme} over {len(sites)} sites"
     table = write_partition_report(sites, _strata_names(cfg, data), out, title, scanners)
+    if cfg.task == "segmentation":
+        write_case_split(sites, data.test, out)
     if cfg.logging.progress:
         print_partition_table(table, console)
     sites_root = out / "sites"
@@ -157,6 +163,10 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
     audit = None
     if weights is not None and cfg.task == "classification" and cfg.evaluation.membership_audit:
         audit = _audit(cfg, spec, data, sites, canaries, weights, console)
+    if weights is not None and any(site.test is not None for site in sites):
+        with phase(console, "the final model on each site's own test cases", cfg.logging.progress):
+            for i, site in enumerate(sites):  # local mode scored each site's own model already
+                per_site.setdefault(site_folder_name(i), {})["own_test"] = own_test(cfg, spec, site, weights)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
         with phase(console, "pictures of the final model", cfg.logging.progress and cfg.task != "classification"):

@@ -1,7 +1,10 @@
 """Split the pool into virtual hospitals with flwr-datasets partitioners.
 
-The partitioners work on a small `datasets.Dataset` of row indices and labels (the
-images stay in NumPy); each site's shard is then split into local train and validation.
+The partitioners work on a small `datasets.Dataset` of cases and labels (the images stay
+in NumPy); each site's shard is then split into local train and validation (and, on
+request, its own test images). A case is a patient's volume or series: the axial slices
+of one NIfTI volume (``name:z``) are one case, so a patient's slices never end up on two
+sites or on both sides of a split. Every other item is a case of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ class SiteShard:
     name: str  # the natural site's name, or site-NNN
     train: LabelledImages
     val: LabelledImages
+    test: LabelledImages | None = None  # the site's own test images (segmentation.test_fraction)
+
+
+def case_name(item: str) -> str:
+    """The case an item belongs to: a slice ``case:z`` belongs to its volume."""
+    return item.split(":", 1)[0]
+
+
+def case_ids(data) -> np.ndarray:
+    """Each item's case as 0, 1, ... in order of first appearance (items without names:
+    one case each)."""
+    names = getattr(data, "names", None)
+    if names is None:
+        return np.arange(len(data))
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(case_name(n), len(seen)) for n in names], dtype=np.int64)
 
 
 def strata(data) -> np.ndarray:
@@ -81,14 +100,17 @@ def _partitioner(cfg: DictConfig, has_sites: bool):
 def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
     """The pool split into sites, each split again into local train and validation."""
     p = cfg.partition
-    if p.scheme != "natural" and p.num_sites > len(pool):
+    cases = case_ids(pool)
+    _, first = np.unique(cases, return_index=True)  # each case's first item speaks for it
+    if p.scheme != "natural" and p.num_sites > len(first):
+        unit = "images" if len(first) == len(pool) else "cases"
         raise DataError(
-            f"partition.num_sites is {p.num_sites} but the dataset has only {len(pool)} images"
+            f"partition.num_sites is {p.num_sites} but the dataset has only {len(first)} {unit}"
         )
-    columns = {"row": np.arange(len(pool)), "label": strata(pool)}
+    columns = {"row": np.arange(len(first)), "label": strata(pool)[first]}
     natural_sites = getattr(pool, "sites", None)
     if natural_sites is not None:
-        columns["site"] = natural_sites
+        columns["site"] = natural_sites[first]
     table = Dataset.from_dict(columns)
     partitioner = _partitioner(cfg, natural_sites is not None)
     partitioner.dataset = table
@@ -96,7 +118,7 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Dirichlet resampling warnings; failures raise
             shards = [
-                np.asarray(partitioner.load_partition(i)["row"])
+                np.flatnonzero(np.isin(cases, partitioner.load_partition(i)["row"]))
                 for i in range(partitioner.num_partitions)
             ]
     except ValueError as exc:
@@ -109,25 +131,44 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
     natural_names = getattr(partitioner, "partition_id_to_natural_id", None)
     rng = np.random.default_rng(cfg.seed)
     names = [str(natural_names[i]) if natural_names else f"site-{i:03d}" for i in range(len(shards))]
-    return [split_site(name, pool, rows, cfg.data.val_fraction, rng, f"partition.scheme={p.scheme}")
+    return [split_site(name, pool, rows, cfg.data.val_fraction, rng, f"partition.scheme={p.scheme}",
+                       test_fraction(cfg))
             for name, rows in zip(names, shards)]
 
 
+def test_fraction(cfg: DictConfig) -> float:
+    """The share of each site's cases kept as its own test images (segmentation only)."""
+    return float(cfg.data.segmentation.test_fraction) if cfg.task == "segmentation" else 0.0
+
+
 def split_site(name: str, data, rows: np.ndarray, val_fraction: float, rng: np.random.Generator,
-               why: str) -> SiteShard:
-    """A site's ``rows`` of ``data`` split into local train and validation."""
-    if len(rows) < 3:
+               why: str, test_fraction: float = 0.0) -> SiteShard:
+    """A site's ``rows`` of ``data`` split by case into local train and validation (and its
+    own test images when ``test_fraction`` > 0)."""
+    cases = case_ids(data)[rows]
+    groups = list(dict.fromkeys(cases.tolist()))  # the site's cases, in order
+    unit = "image(s)" if len(groups) == len(rows) else "case(s)"
+    n = len(groups)
+    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 else 0
+    if n - n_test < 3:
         raise DataError(
-            f"{name} gets only {len(rows)} image(s) with {why}; "
-            f"each site needs at least 3 (2 to train, 1 to validate)"
+            f"{name} gets only {n} {unit} with {why}; each site needs at least {3 + n_test} "
+            f"(2 to train, 1 to validate{f', {n_test} to test' if n_test else ''})"
         )
-    rows = rng.permutation(rows)
-    n_val = min(max(1, int(round(len(rows) * val_fraction))), len(rows) - 2)
-    return SiteShard(name, data.subset(np.sort(rows[n_val:])), data.subset(np.sort(rows[:n_val])))
+    order = np.asarray(groups)[rng.permutation(n)]
+    n_val = min(max(1, int(round(n * val_fraction))), n - n_test - 2)
+
+    def items(picked: np.ndarray):
+        return data.subset(np.sort(rows[np.isin(cases, picked)]))
+
+    test = items(order[n_val:n_val + n_test]) if n_test else None
+    return SiteShard(name, items(order[n_val + n_test:]), items(order[:n_val]), test)
 
 
 def natural_sites(folders: list[tuple[str, object]], cfg: DictConfig) -> list[SiteShard]:
-    """One site per hospital's own data (``(name, images)`` pairs), each split into train and validation."""
+    """One site per hospital's own data (``(name, images)`` pairs), each split by case into
+    train and validation (and its own test images)."""
     rng = np.random.default_rng(cfg.seed)
-    return [split_site(name, data, np.arange(len(data)), cfg.data.val_fraction, rng, "its own folder")
+    return [split_site(name, data, np.arange(len(data)), cfg.data.val_fraction, rng, "its own folder",
+                       test_fraction(cfg))
             for name, data in folders]

@@ -15,7 +15,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from medfed.simulation.partition import SiteShard, strata  # noqa: E402
+from medfed.simulation.partition import SiteShard, case_name, strata  # noqa: E402
+
+CASES = "cases.csv"
 
 
 def label_counts(sites: list[SiteShard], class_names: list[str]) -> pd.DataFrame:
@@ -122,3 +124,23 @@ def print_partition_table(table: pd.DataFrame, console: Console, limit: int = 20
     if len(table) > limit:
         view.add_row(f"... {len(table) - limit} more", *[""] * len(table.columns))
     console.print(view)
+
+
+def write_case_split(sites: list[SiteShard], test, out: Path) -> Path:
+    """``cases.csv``: where every case (patient) went, one row per case and role: the site
+    and ``train``/``val``/``test``, or the global ``test`` set (site empty), with its item count."""
+    rows = []
+    parts = [(site.name, role, data) for site in sites
+             for role, data in (("train", site.train), ("val", site.val), ("test", site.test)) if data is not None]
+    held_out = any(site.test is not None for site in sites)  # then the global test set is their union
+    parts += [] if held_out else [("", "test", test)]
+    for site, role, data in parts:
+        counts = pd.Series([case_name(n) for n in data.names]).value_counts(sort=False)
+        rows += [{"case": case, "site": site, "role": role, "items": int(n)} for case, n in counts.items()]
+    table = pd.DataFrame(rows, columns=["case", "site", "role", "items"])
+    path = out / CASES
+    partial = path.with_name(CASES + ".partial")
+    table.to_csv(partial, index=False)
+    partial.replace(path)
+    return path
+

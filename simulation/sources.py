@@ -13,6 +13,7 @@ from medfed.client.segmentation_data import SegmentationImages
 from medfed.client.segmentation_sources import read_source
 from medfed.errors import ConfigError, DataError
 from medfed.simulation.medmnist import data_dir, medmnist_path
+from medfed.simulation.partition import case_name
 
 HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 
@@ -20,7 +21,9 @@ HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 @dataclass
 class ExperimentData:
     pool: LabelledImages | SegmentationImages  # split among the sites
-    test: LabelledImages | SegmentationImages  # only ever used to evaluate the global model
+    # only ever used to evaluate the global model; None until the sites' held-out cases
+    # are gathered (data.segmentation.test_fraction)
+    test: LabelledImages | SegmentationImages | None
     labels: LabelSpace | None  # classification and GAN
     source: str  # the file or folder it came from, for reports
     natural: list[tuple[str, SegmentationImages]] | None = None  # one hospital's folder per site
@@ -35,7 +38,7 @@ class ExperimentData:
     def num_classes(self) -> int:
         if self.labels is not None:
             return self.labels.num_classes
-        return max(self.pool.num_classes, self.test.num_classes)
+        return max(self.pool.num_classes, self.test.num_classes if self.test is not None else 0)
 
 
 def load_experiment_data(cfg: DictConfig) -> ExperimentData:
@@ -84,12 +87,28 @@ def _segmentation(cfg: DictConfig) -> ExperimentData:
         pool, source = SegmentationImages.concat([d for _, d in natural]), ", ".join(s.path for s in seg.sites)
     else:
         pool, source = read_source(seg.train, root), seg.train.path
-    test = read_source(seg.test, root)
-    for name, part in [("data.segmentation.test", test)] + (natural or []):
+    # with test_fraction, each site's held-out cases become the test set once the sites are split
+    test = read_source(seg.test, root) if not seg.test_fraction else None
+    for name, part in ([("data.segmentation.test", test)] if test is not None else []) + (natural or []):
         if (part.channels, part.spatial_dims) != (pool.channels, pool.spatial_dims):
             raise DataError(f"{name}: {part.channels}-channel {part.spatial_dims}D images, but the training "
                             f"data are {pool.channels}-channel {pool.spatial_dims}D")
+    if test is not None:
+        _no_shared_cases(pool, test, seg.test.path)
     if pool.spatial_dims != cfg.model.spatial_dims:
         raise ConfigError(f"model.spatial_dims is {cfg.model.spatial_dims} but the images are "
                           f"{pool.spatial_dims}D ({source})")
+    if any(c >= pool.channels for c in seg.overlay_channels):
+        raise ConfigError(f"bad value for 'data.segmentation.overlay_channels': the images have "
+                          f"{pool.channels} channel(s) (0..{pool.channels - 1}), got {list(seg.overlay_channels)}")
     return ExperimentData(pool, test, None, str(root / source) if not seg.sites else source, natural)
+
+
+def _no_shared_cases(pool: SegmentationImages, test: SegmentationImages, test_path: str) -> None:
+    """A patient in both training and test data makes the test score optimistic: refuse."""
+    shared = sorted({case_name(n) for n in pool.names} & {case_name(n) for n in test.names})
+    if shared:
+        shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+        raise DataError(f"data.segmentation.test ({test_path}) shares {len(shared)} case(s) with the training "
+                        f"data: {shown}; a patient's images belong to training or to test, not both "
+                        "(or set data.segmentation.test_fraction to hold out whole cases)")
