@@ -13,7 +13,6 @@ from medfed.client.segmentation_data import SegmentationImages
 from medfed.client.segmentation_sources import read_source
 from medfed.errors import ConfigError, DataError
 from medfed.simulation.medmnist import data_dir, medmnist_path
-from medfed.simulation.partition import case_name
 
 HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 
@@ -94,7 +93,7 @@ def _segmentation(cfg: DictConfig) -> ExperimentData:
             raise DataError(f"{name}: {part.channels}-channel {part.spatial_dims}D images, but the training "
                             f"data are {pool.channels}-channel {pool.spatial_dims}D")
     if test is not None:
-        _no_shared_cases(pool, test, seg.test.path)
+        _no_shared_cases(cfg, root)
     if pool.spatial_dims != cfg.model.spatial_dims:
         raise ConfigError(f"model.spatial_dims is {cfg.model.spatial_dims} but the images are "
                           f"{pool.spatial_dims}D ({source})")
@@ -104,11 +103,23 @@ def _segmentation(cfg: DictConfig) -> ExperimentData:
     return ExperimentData(pool, test, None, str(root / source) if not seg.sites else source, natural)
 
 
-def _no_shared_cases(pool: SegmentationImages, test: SegmentationImages, test_path: str) -> None:
-    """A patient in both training and test data makes the test score optimistic: refuse."""
-    shared = sorted({case_name(n) for n in pool.names} & {case_name(n) for n in test.names})
-    if shared:
-        shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
-        raise DataError(f"data.segmentation.test ({test_path}) shares {len(shared)} case(s) with the training "
-                        f"data: {shown}; a patient's images belong to training or to test, not both "
-                        "(or set data.segmentation.test_fraction to hold out whole cases)")
+def _no_shared_cases(cfg: DictConfig, root: Path) -> None:
+    """A test set read from the same images as training shares every patient with it and
+    makes the test score optimistic: refuse. (File names alone cannot tell patients apart
+    across hospitals' folders, so the check is on what is read.)"""
+    seg = cfg.data.segmentation
+    test = _images_read(seg.test, root)
+    training = {"data.segmentation.train": seg.train} if not seg.sites else {
+        f"data.segmentation.sites[{i}]": site for i, site in enumerate(seg.sites)}
+    for key, source in training.items():
+        if _images_read(source, root) == test:
+            raise DataError(f"data.segmentation.test reads the same images as {key} ({test[0]}): a patient's "
+                            "images belong to training or to test, not both; point the test set at other "
+                            "cases, or set data.segmentation.test_fraction to hold out whole cases")
+
+
+def _images_read(source, root: Path) -> tuple:
+    """What a source reads: its image folder (DRIVE: its split's), resolved."""
+    path = Path(source.path) if Path(source.path).is_absolute() else root / source.path
+    sub = source.split if source.format == "drive" else source.images
+    return (str((path / sub).resolve()),)

@@ -103,7 +103,7 @@ def test_a_test_set_sharing_patients_with_training_is_refused(cli, tmp_path, cap
     fast = [a for a in FAST_3D if "test_fraction" not in a] + ["data.segmentation.test_fraction=0"]
     assert cli("simulate", CONFIG, *fast, "mode=pooled", "--output", out, data_dir=tmp_path / "data") == 2
     assert not out.exists()
-    assert "data.segmentation.test (tumours) shares 6 case(s) with the training data" in capsys.readouterr().err
+    assert "data.segmentation.test reads the same images as data.segmentation.train" in capsys.readouterr().err
 
 
 def test_overlay_channels_beyond_the_images_are_refused_before_anything_runs(cli, tmp_path, capsys):
@@ -166,3 +166,13 @@ def test_overlays_show_a_colour_per_class_and_a_two_channel_composite():
     mask[3, 1:3, 1:3] = 2
     assert examples.representative_slice(mask) == 3
     assert examples.representative_slice(np.zeros((5, 4, 4), np.uint8)) == 2
+
+
+def test_a_deployed_coordinator_refuses_held_out_site_cases(tmp_path):
+    from medfed.errors import ConfigError
+    from medfed.server.deployed import build_plan
+
+    cfg = load_config(CONFIG, ["data.segmentation.test_fraction=0.2"])
+    with pytest.raises(ConfigError, match="data.segmentation.test_fraction"):
+        build_plan(cfg, tmp_path / "run", 2, False)
+    assert not (tmp_path / "run").exists()
