@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from tests.conftest import REPO
-from tests.deployment_helpers import free_port
+from conftest import REPO
+from deployment_helpers import free_port
 
 
 def test_the_fab_carries_the_components_and_configs_but_not_a_second_medfed(tmp_path):

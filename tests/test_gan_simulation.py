@@ -11,6 +11,7 @@ CONFIG = REPO / "configs" / "pneumonia-gan.yaml"
 SMALL = [*FAST, "gan.samples_per_class=40", "gan.tstr_epochs=1", "evaluation.every=2", "train.batch_size=16"]
 
 
+@pytest.mark.slow
 def test_federated_gan_run_reports_synthesis_metrics(cli, tmp_path, small_pneumonia):
     out = tmp_path / "run"
     assert cli("simulate", CONFIG, *SMALL, "--output", out, data_dir=small_pneumonia) == 0
@@ -27,6 +28,7 @@ def test_federated_gan_run_reports_synthesis_metrics(cli, tmp_path, small_pneumo
     assert rows[0]["test"] == {} and "tstr_auc" in rows[1]["test"]  # judged every 2 rounds
 
 
+@pytest.mark.slow
 def test_dp_gan_spends_at_most_its_target(cli, tmp_path, small_pneumonia):
     out = tmp_path / "run"
     code = cli("simulate", CONFIG, *SMALL, "train.rounds=1", "privacy.mechanism=sample",

@@ -159,6 +159,7 @@ FAST_SEGMENTATION = ["train.rounds=2", "train.local_steps=3", "train.batch_size=
                      f"data.segmentation.test={_source('test')}"]
 
 
+@pytest.mark.slow
 def test_natural_multi_site_run_end_to_end_with_dp(cli, hospitals, tmp_path):
     sites = f"data.segmentation.sites=[{_source('north')}, {_source('south')}]"
     out = tmp_path / "run"
