@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     in_main_thread = threading.current_thread() is threading.main_thread()
+    # Ray's C++ crash handler (absl) would take SIGTERM from this handler in the Ray driver,
+    # dump a stack and, on a busy machine, abort (rc 134): SIGTERM is a request to stop here
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return _dispatch(args, console)

@@ -10,6 +10,14 @@ import pytest
 
 from medfed.cli import main
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # several workers share the cores: one torch thread each (and in every process they
+    # start), or their thread pools oversubscribe the machine many times over
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDFED_DATA_DIR") or REPO.parent / "shared" / "datasets")
 PNEUMONIA = SHARED / "pneumoniamnist.npz"

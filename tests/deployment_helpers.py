@@ -111,7 +111,7 @@ seed: 3
 data: {{dataset: pneumoniamnist, root: {coordinator}}}
 model: {{name: cnn}}
 train: {{rounds: {rounds}, local_steps: 1, batch_size: 16, device: cpu, amp: false}}
-strategy: {{min_sites: 2, timeout: 40}}
+strategy: {{min_sites: 2, timeout: 60}}
 logging: {{progress: false}}
 """)
     return path

@@ -98,7 +98,7 @@ def test_outsiders_and_substitute_apps_fail_against_a_live_federation(tmp_path, 
         site_yaml(tmp_path / name, creds, name, address=f"127.0.0.1:{port}")
     config = experiment_yaml(tmp_path / "experiment.yaml", "attacked", coordinator, rounds=3)
     # three runs share two cores while the attacks go on: give each round time
-    config.write_text(config.read_text().replace("timeout: 40", "timeout: 150"))
+    config.write_text(config.read_text().replace("timeout: 60", "timeout: 150"))
     state, out = tmp_path / "coordinator-state", tmp_path / "run"
     procs = Procs(tmp_path)
     try:
