@@ -40,9 +40,9 @@ def task_arguments(runtime_api_address: str, token: str, site_yaml: str) -> list
 
 def _task_main(argv: list[str]) -> None:
     """Runs in the task's process; the launcher itself never imports the ClientApp."""
-    from medfed.client.app_process import task_main
+    from medfed.client.app_process import main
 
-    task_main(argv)
+    sys.exit(main(argv))  # its result is the task process's exit code
 
 
 def task_starter():

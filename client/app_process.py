@@ -114,10 +114,5 @@ def main(argv: list[str] | None = None) -> int:
     return run_task(client, args.site_config)
 
 
-def task_main(argv: list[str]) -> None:
-    """A task's process started by the site's launcher: `main`'s result is its exit code."""
-    sys.exit(main(argv))
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -99,13 +99,9 @@ def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None, per_cl
     k = probs.shape[0]
     pred = np.where(inside, probs.argmax(axis=0), 0)
     true = np.where(inside, truth, 0)
-    y_pred = torch.from_numpy(np.eye(k, dtype=np.float32)[pred]).movedim(-1, 0)[None]
-    y_true = torch.from_numpy(np.eye(k, dtype=np.float32)[true]).movedim(-1, 0)[None]
-    dice = compute_dice(y_pred, y_true, include_background=False, ignore_empty=False)
+    y_pred, y_true = _one_hot(pred, k), _one_hot(true, k)
+    dice, hd95 = _dice_hd95(y_pred, y_true)
     iou = compute_iou(y_pred, y_true, include_background=False, ignore_empty=False)
-    with warnings.catch_warnings():  # MONAI's own call of one of its deprecated arguments
-        warnings.simplefilter("ignore", FutureWarning)
-        hd95 = compute_hausdorff_distance(y_pred, y_true, include_background=False, percentile=95)
     out = {
         "dice": float(dice.nanmean()),
         "iou": float(iou.nanmean()),
@@ -127,13 +123,22 @@ def _finite(value: torch.Tensor) -> float:
 
 def _region(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     """Dice and HD95 of one region (a union of classes) as a binary mask."""
-    y_pred = torch.from_numpy(np.stack([~pred, pred]).astype(np.float32))[None]
-    y_true = torch.from_numpy(np.stack([~true, true]).astype(np.float32))[None]
+    dice, hd95 = _dice_hd95(_one_hot(pred.astype(np.int64), 2), _one_hot(true.astype(np.int64), 2))
+    return float(dice[0, 0]), _finite(hd95[0, 0])
+
+
+def _one_hot(labels: np.ndarray, k: int) -> torch.Tensor:
+    """A label map ``(*spatial)`` as MONAI's one-hot batch ``(1, K, *spatial)``."""
+    return torch.from_numpy(np.eye(k, dtype=np.float32)[labels]).movedim(-1, 0)[None]
+
+
+def _dice_hd95(y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MONAI's Dice and 95th-percentile Hausdorff distance per foreground class."""
     dice = compute_dice(y_pred, y_true, include_background=False, ignore_empty=False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # MONAI's own call of one of its deprecated arguments
         warnings.simplefilter("ignore", FutureWarning)
         hd95 = compute_hausdorff_distance(y_pred, y_true, include_background=False, percentile=95)
-    return float(dice[0, 0]), _finite(hd95[0, 0])
+    return dice, hd95
 
 
 def pixel_auc(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> float:
