@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 
 import dp_accounting
 import numpy as np
-from opacus.accountants import create_accountant
 
 MAX_NOISE = 1e6  # Opacus' own bound in get_noise_multiplier
 RELATIVE_TOLERANCE = 1e-4  # the noise found is at most 0.01% above the least that works
@@ -38,6 +37,8 @@ EpsilonOf = Callable[[float], float]  # noise multiplier -> epsilon
 
 def opacus_epsilon(accountant: str, noise: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-sampled Gaussian steps by Opacus' ``rdp`` or ``prv`` accountant."""
+    from opacus.accountants import create_accountant  # imported when needed: see client/privacy.py
+
     counter = create_accountant(accountant)
     counter.history = [(noise, sample_rate, steps)]
     with np.errstate(divide="ignore"):  # Opacus' PRV takes log(1 - q), -inf when every example is sampled

@@ -20,13 +20,9 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medfed.client import conv_grad_sampler  # noqa: F401  (registers itself with Opacus)
 from medfed.client import training
 from medfed.client.allocator import keep_freed_memory
 from medfed.client.datasets import LabelledImages
@@ -36,6 +32,8 @@ from medfed.errors import ConfigError
 from medfed.models import classification
 from medfed.privacy import BUDGET_EXHAUSTED
 
+# Opacus is imported where it is used: it pulls in torch.distributed (0.8 s of CPU), which a
+# site training without sample-level DP, or a coordinator, never needs
 log = logging.getLogger("medfed.privacy")
 ACCOUNTANT_FILE = "privacy_accountant.json"
 
@@ -64,6 +62,8 @@ class DPSettings:
 def make_private_model(model: nn.Module) -> nn.Module:
     """The model with every layer Opacus cannot train privately replaced (BatchNorm
     becomes GroupNorm); unchanged if it is already DP-compatible."""
+    from opacus.validators import ModuleValidator
+
     if ModuleValidator.validate(model, strict=False):
         model = ModuleValidator.fix(model)
     for module in model.modules():  # Opacus' hooks cannot see through in-place activations
@@ -74,6 +74,8 @@ def make_private_model(model: nn.Module) -> nn.Module:
 
 def incompatible_layers(model: nn.Module) -> dict[str, int]:
     """Layer types of ``model`` that `make_private_model` replaces, with their counts."""
+    from opacus.validators import ModuleValidator
+
     counts: dict[str, int] = {}
     for module in model.modules():
         if type(module) in ModuleValidator.FIXERS:
@@ -123,6 +125,8 @@ def history_epsilon(kind: str, history: History, delta: float) -> float:
         return 0.0
     if any(not noise > 0 for noise, _, _ in history):
         return math.inf  # a step without noise has no privacy guarantee
+    from opacus.accountants import create_accountant
+
     opacus = create_accountant(kind)
     opacus.history = list(history)
     with np.errstate(divide="ignore"):  # Opacus' PRV takes log(1 - q), -inf when every example is sampled
@@ -219,8 +223,12 @@ def train_private(
             **privacy_spent(accountant, dp, noise, sample_rate)}
 
 
-def site_engine(dp: DPSettings, accountant: SiteAccountant) -> PrivacyEngine:
-    """An Opacus engine whose accountant goes on from the site's history."""
+def site_engine(dp: DPSettings, accountant: SiteAccountant):
+    """An Opacus ``PrivacyEngine`` whose accountant goes on from the site's history."""
+    from opacus import PrivacyEngine
+
+    from medfed.client import conv_grad_sampler  # noqa: F401  (registers itself with Opacus)
+
     keep_freed_memory()  # per-sample gradients: big blocks every step
     engine = PrivacyEngine(accountant=dp.accountant)
     engine.accountant.history = list(accountant.history)

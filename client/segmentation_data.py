@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from monai.data import NibabelReader, PILReader
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
@@ -291,6 +290,8 @@ def _read_mask_volume(path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
+    from monai.data import NibabelReader  # MONAI is imported when files are read: 1.7 s of CPU
+
     reader = NibabelReader()  # arrays as stored: no reorientation, no squeezing
     try:
         return np.asarray(reader.get_data(reader.read(path))[0])
@@ -300,6 +301,8 @@ def _read_nifti(path: Path) -> np.ndarray:
 
 def _read_picture(path: Path, keep_palette: bool) -> np.ndarray:
     """A 2D picture as (H, W) or (H, W, 3); palette indices kept for masks, where they are labels."""
+    from monai.data import PILReader
+
     reader = PILReader(converter=partial(_plain_mode, keep_palette=keep_palette), reverse_indexing=False)
     try:
         return reader.get_data(reader.read(path))[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from monai.networks.nets import DenseNet121, resnet18
 from torch import nn
 
 from medfed.errors import ConfigError
@@ -15,6 +14,8 @@ from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES, build_unet
 def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
     # Below 64 px the ImageNet stem (7x7 stride-2 conv, then max-pool) would leave a
     # 7x7 map before the first block; a 3x3 stride-1 stem keeps the spatial detail.
+    from monai.networks.nets import resnet18  # MONAI costs 1.7 s of CPU to import: only when built
+
     small = image_size < 64
     return resnet18(
         spatial_dims=2,
@@ -27,6 +28,8 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: floa
 
 
 def _densenet121(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
+    from monai.networks.nets import DenseNet121
+
     net = DenseNet121(
         spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout
     )

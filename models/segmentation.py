@@ -15,11 +15,10 @@ import warnings
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
-from monai.metrics import compute_hausdorff_distance, compute_iou, compute_dice
-from monai.networks.nets import BasicUNet, UNet
-from sklearn.metrics import roc_auc_score
 from torch import nn
+
+# MONAI and scikit-learn are imported in the functions that use them: every party imports
+# this module (for its constants), and MONAI alone costs 1.7 s of CPU in each process
 
 SEGMENTATION = "segmentation"
 AUC_PIXELS = 2_000_000  # pixels scored for the AUC: a fixed random sample beyond this
@@ -41,6 +40,8 @@ def build_unet(name: str, spatial_dims: int, in_channels: int, num_classes: int,
     ``basicunet``: MONAI BasicUNet (16-128 features). Input ``(B, C, *spatial)`` with every
     spatial size a multiple of the product of ``strides`` (unet) or of 16 (basicunet);
     output ``(B, num_classes, *spatial)`` logits."""
+    from monai.networks.nets import BasicUNet, UNet
+
     if norm == "instance":
         layer = ("instance", {"affine": True})
     else:  # UNet's top block normalises num_classes channels too: the groups must divide them
@@ -57,6 +58,8 @@ def loss_function() -> nn.Module:
 
     Both terms are means over the batch of per-image values, so the loss of a batch is
     the mean of its examples' losses, as Opacus' per-sample clipping assumes."""
+    from monai.losses import DiceCELoss
+
     return DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
 
 
@@ -95,6 +98,8 @@ def metrics(truth: np.ndarray, probs: np.ndarray, fov: np.ndarray | None, per_cl
     ``regions`` (name -> classes, e.g. a tumour's sub-regions) ``dice_NAME`` and
     ``hd95_NAME`` of the union of its classes. These go into the server's test metrics only:
     a site's replies carry `METRIC_NAMES`."""
+    from monai.metrics import compute_iou
+
     inside = np.ones(truth.shape, bool) if fov is None else fov
     k = probs.shape[0]
     pred = np.where(inside, probs.argmax(axis=0), 0)
@@ -134,6 +139,8 @@ def _one_hot(labels: np.ndarray, k: int) -> torch.Tensor:
 
 def _dice_hd95(y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MONAI's Dice and 95th-percentile Hausdorff distance per foreground class."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
     dice = compute_dice(y_pred, y_true, include_background=False, ignore_empty=False)
     with warnings.catch_warnings():  # MONAI's own call of one of its deprecated arguments
         warnings.simplefilter("ignore", FutureWarning)
@@ -144,6 +151,8 @@ def _dice_hd95(y_pred: torch.Tensor, y_true: torch.Tensor) -> tuple[torch.Tensor
 def pixel_auc(truth: np.ndarray, probs: np.ndarray, seed: int = 0) -> float:
     """AUC of the pixels' foreground scores (one-vs-rest macro over foreground classes);
     NaN when a class is absent. ``truth`` (P,), ``probs`` (K, P)."""
+    from sklearn.metrics import roc_auc_score
+
     if truth.size > AUC_PIXELS:  # same sample for every model: comparisons stay fair
         pick = np.random.default_rng(seed).choice(truth.size, AUC_PIXELS, replace=False)
         truth, probs = truth[pick], probs[:, pick]

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from monai.transforms import AdjustContrast, GaussianSmooth, Resize
 
 from medfed.client.datasets import LabelledImages
 from medfed.client.segmentation_data import SegmentationImages
@@ -39,6 +38,8 @@ class Scanner:
 
     def _acquire(self, image: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` in [0, 1] as this scanner would have imaged it (before noise)."""
+        from monai.transforms import AdjustContrast, GaussianSmooth, Resize  # only for shifted runs
+
         image = AdjustContrast(self.gamma)(image)
         full = tuple(image.shape[1:])
         low = tuple(max(4, int(round(d * self.resolution))) for d in full)
