@@ -82,8 +82,13 @@ def train_settings(**overrides):
     return TrainSettings(**{**base, **overrides})
 
 
+# One Ray worker per simulated run (all the cores for one site): the test workers already
+# share the cores, and each further Ray worker only adds its start-up (5-8 s of CPU).
+ONE_RAY_WORKER = f"simulation.cpus_per_site={os.cpu_count() or 1}"
+AUDIT = "evaluation.membership_audit=true"  # FAST leaves it out: tests of the audit add this
 FAST = [
-    "train.rounds=2", "partition.num_sites=3", "partition.scheme=iid", "logging.progress=false",
+    "train.rounds=2", "partition.num_sites=3", "partition.scheme=iid", "logging.progress=false", ONE_RAY_WORKER,
+    "evaluation.membership_audit=false",
 ]
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import FAST, REPO
+from conftest import AUDIT, FAST, REPO
 from medfed.server.privacy import client_epsilon
 
 CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"
@@ -19,7 +19,7 @@ def _summary(run):
 def test_sample_level_dp_with_fedprox_reports_every_site(cli, capsys, tmp_path, small_pneumonia):
     run = tmp_path / "run"
     assert cli("simulate", CONFIG, *ARGS, "strategy.name=fedprox", "strategy.proximal_mu=0.1",
-               "privacy.target_epsilon=4", "evaluation.audit_canaries=5", "--output", run,
+               "privacy.target_epsilon=4", AUDIT, "evaluation.audit_canaries=5", "--output", run,
                data_dir=small_pneumonia) == 0
     assert "ModuleValidator replaced 5 BatchNorm2d" in capsys.readouterr().err
     privacy = _summary(run)["privacy"]
@@ -80,7 +80,7 @@ def test_delta_must_stay_below_one_over_n(cli, capsys, tmp_path, small_pneumonia
 @pytest.mark.slow
 def test_sweep_writes_one_row_per_target(cli, tmp_path, small_pneumonia):
     out = tmp_path / "sweep"
-    assert cli("sweep", CONFIG, *ARGS, "train.rounds=1", "evaluation.audit_canaries=4", "--epsilons", "none,4",
+    assert cli("sweep", CONFIG, *ARGS, "train.rounds=1", AUDIT, "evaluation.audit_canaries=4", "--epsilons", "none,4",
                "--output", out, data_dir=small_pneumonia) == 0
     lines = (out / "sweep.csv").read_text().splitlines()
     assert lines[0].startswith("target_epsilon,epsilon_spent,test_auc")

@@ -52,7 +52,7 @@ def test_a_run_logs_one_line_per_round(cli, capsys, tmp_path, small_pneumonia):
     """The pooled baseline: the fastest real run (no Ray), with stderr captured (not a TTY)."""
     fast = [o for o in FAST if not o.startswith("logging.progress")]
     assert cli("simulate", REPO / "configs" / "pneumonia-fedavg.yaml", *fast, "mode=pooled", "train.rounds=3",
-               "evaluation.membership_audit=false", "--output", tmp_path / "run", data_dir=small_pneumonia) == 0
+               "--output", tmp_path / "run", data_dir=small_pneumonia) == 0
     err = capsys.readouterr().err
     rounds = [line for line in err.splitlines() if line.startswith("round ")]
     assert [line.split(":")[0] for line in rounds] == ["round 1/3", "round 2/3", "round 3/3"]

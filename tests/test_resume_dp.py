@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_small_pneumonia
+from conftest import ONE_RAY_WORKER, REPO, write_small_pneumonia
 from medfed.faults import KILL_AT
 
 CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"
 ARGS = ["train.rounds=2", "partition.num_sites=2", "partition.scheme=iid", "logging.progress=false",
-        "train.batch_size=16", "train.local_epochs=1", "evaluation.membership_audit=false"]
+        "train.batch_size=16", "train.local_epochs=1", "evaluation.membership_audit=false", ONE_RAY_WORKER]
 
 
 def _medfed(data: Path, out: Path, *extra: str, kill_at: str | None = None) -> int:

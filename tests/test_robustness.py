@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST, REPO
 
 CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"
-SITES5 = [*FAST, "partition.num_sites=5", "train.batch_size=16", "evaluation.membership_audit=false"]
+SITES5 = [*FAST, "partition.num_sites=5", "train.batch_size=16"]
 
 
 def _rounds(run: Path) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO
+from conftest import AUDIT, FAST, REPO
 
 CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"
 RUN_ARGS = FAST + ["train.rounds=3", "train.batch_size=16"]
@@ -157,7 +157,7 @@ def test_sigterm_stops_like_ctrl_c_keeps_the_checkpoint_and_leaves_no_process(cl
 def test_a_single_site_federation_finishes(cli, tmp_path, small_pneumonia):
     """Every minimum node count is capped at the number of sites: one site does not wait for two."""
     out = tmp_path / "one"
-    assert cli("simulate", str(CONFIG), *FAST, "partition.num_sites=1", "train.rounds=1", "--output", out,
+    assert cli("simulate", str(CONFIG), *FAST, AUDIT, "partition.num_sites=1", "train.rounds=1", "--output", out,
                data_dir=small_pneumonia) == 0
     assert [r["round"] for r in _rounds(out)] == [1]
     summary = _summary(out)
