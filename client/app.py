@@ -26,38 +26,19 @@ from medfed.client.site import Site
 from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused
 from medfed.client.tasks import CLASSIFICATION, local_evaluate, local_train
-from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
 from medfed.models import classification
 from medfed.models.spec import ModelSpec
-from medfed.strategies import FEDBN_FLAG
 from medfed.strategies.fedbn import keep_local_norm
+from medfed.wire import DP_MECHANISM, FEDBN_FLAG, PRIVACY_KEYS, SERVER_ROUND, UNIT_WEIGHT, TrainSettings
 
 NORM_STATE_FILE = "local_norm.pt"
 log = logging.getLogger("medfed.client")
 
 
-def settings_from(config: ConfigRecord, site: Site) -> training.TrainSettings:
+def settings_from(config: ConfigRecord, site: Site) -> TrainSettings:
     """The round's hyper-parameters, with a seed unique to this site and round."""
-    spec = ModelSpec.from_config(config)
-    return training.TrainSettings(
-        kind=str(config["label-kind"]),
-        num_classes=spec.num_classes,
-        epochs=int(config["local-epochs"]),
-        steps=int(config["local-steps"]) if int(config.get("local-steps", 0)) > 0 else None,
-        batch_size=int(config["batch-size"]),
-        optimizer=str(config["optimizer"]),
-        lr=float(config["lr"]),
-        momentum=float(config["momentum"]),
-        weight_decay=float(config["weight-decay"]),
-        class_weighting=bool(config["class-weighting"]),
-        augment=bool(config["augment"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        amp=bool(config["amp"]),
-        seed=int(config["seed"]) * 100_003 + int(config["server-round"]) * 1_009 + site.index,
-        task=spec.task,
-        patch_size=spec.image_size,
-        contrast=spec.contrast,
-    )
+    settings = TrainSettings.from_config(config, ModelSpec.from_config(config))
+    return settings.for_site(int(config[SERVER_ROUND]), site.index)
 
 
 def _site_model(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> torch.nn.Module:
@@ -144,7 +125,7 @@ def make_client_app(locate_site: Callable[[Context], Site], mods: Sequence = ())
         try:
             arrays, metrics = cache.answer(received, config, lambda: train_site(site, received, config))
         except RoundRefused as exc:  # outside the site's terms, or past its privacy budget
-            log.warning("%s refuses round %s: %s", site.name, msg.content["config"]["server-round"], exc)
+            log.warning("%s refuses round %s: %s", site.name, msg.content["config"][SERVER_ROUND], exc)
             return Message(Error(code=exc.code, reason=f"{site.name}: {exc}"), reply_to=msg)
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

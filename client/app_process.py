@@ -30,8 +30,8 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 from medfed.client.app_check import AppRefused, CheckedApp, check_app, run_config_digest
 from medfed.client.deployed_site import SITE_CONFIG_KEY
+from medfed.wire import APP_REFUSED
 
-APP_REFUSED = 4008  # error code: the run's app is not medfed's own, unaltered and signed
 log = logging.getLogger("medfed.site")
 
 

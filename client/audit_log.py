@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from medfed.errors import MedfedError
+from medfed.wire import SERVER_ROUND
 
 IN, OUT, SITE = "in", "out", "site"
 CHAIN = ("seq", "prev", "hash")
@@ -65,8 +66,8 @@ def round_of(msg: Message) -> int | None:
     try:
         if not msg.has_error():
             config = msg.content.config_records.get("config")
-            if config is not None and isinstance(config.get("server-round"), int):
-                return int(config["server-round"])
+            if config is not None and isinstance(config.get(SERVER_ROUND), int):
+                return int(config[SERVER_ROUND])
         return int(msg.metadata.group_id)
     except (TypeError, ValueError, KeyError):
         return None

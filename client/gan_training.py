@@ -26,13 +26,13 @@ from medfed.client import training
 from medfed.client.datasets import LabelledImages
 from medfed.client.privacy import (
     BudgetExhausted,
-    DPSettings,
     SiteAccountant,
     noise_for,
     site_engine,
     steps_per_round,
 )
 from medfed.models.gan import ConditionalGAN, to_signed
+from medfed.wire import DPSettings, TrainSettings
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -41,7 +41,7 @@ BETAS = (0.5, 0.999)
 
 
 def train_gan(
-    model: ConditionalGAN, data: LabelledImages, s: training.TrainSettings, device: torch.device,
+    model: ConditionalGAN, data: LabelledImages, s: TrainSettings, device: torch.device,
     dp: DPSettings | None = None, accountant: SiteAccountant | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``s.epochs`` epochs (or ``s.steps`` steps) of ``data``.
@@ -60,7 +60,7 @@ def train_gan(
     model.to(device).train()
     x_all, y_all = to_signed(training.to_tensor(data.images)), torch.from_numpy(data.labels).long()
     opt_d, opt_g = _adam(model.discriminator, s), _adam(model.generator, s)
-    planned = s.steps if s.steps is not None else s.epochs * math.ceil(len(y_all) / s.batch_size)
+    planned = s.planned_steps(len(y_all))
     d_total, g_total, steps = 0.0, 0.0, 0
     while steps < planned:
         order = torch.randperm(len(y_all), generator=rng)
@@ -80,7 +80,7 @@ def train_gan(
 
 
 def _train_private(
-    model: ConditionalGAN, data: LabelledImages, s: training.TrainSettings, device: torch.device,
+    model: ConditionalGAN, data: LabelledImages, s: TrainSettings, device: torch.device,
     dp: DPSettings, accountant: SiteAccountant,
 ) -> dict[str, float]:
     """`train_gan` with DP-SGD on the discriminator (see the module docstring)."""
@@ -183,7 +183,7 @@ def _frozen(discriminator: nn.Module):
             p.requires_grad_(True)
 
 
-def _shift(s: training.TrainSettings, data: LabelledImages) -> int:
+def _shift(s: TrainSettings, data: LabelledImages) -> int:
     """Pixels of random translation the discriminator sees (0: none), as in training."""
     return max(1, data.images.shape[1] // 14) if s.augment else 0
 
@@ -195,5 +195,5 @@ def _view(images: torch.Tensor, shift: int, rng: torch.Generator | None) -> torc
     return training.random_shift(images, rng, shift) if shift else images
 
 
-def _adam(module: nn.Module, s: training.TrainSettings) -> torch.optim.Adam:
+def _adam(module: nn.Module, s: TrainSettings) -> torch.optim.Adam:
     return torch.optim.Adam(module.parameters(), lr=s.lr, betas=BETAS)

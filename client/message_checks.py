@@ -25,26 +25,18 @@ from medfed.models import classification, segmentation
 from medfed.models.classification import LOGIT_EDGES
 from medfed.models.registry import TASK_MODELS
 from medfed.models.spec import ModelSpec
-from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS, UNIT_WEIGHT
+from medfed.wire import (
+    DP_MECHANISM, HISTOGRAMS, PRIVACY_KEYS, SERVER_ROUND, UNIT_WEIGHT, VALIDATION_PREFIX, DPSettings, TrainSettings,
+    WireKey, wire_keys,
+)
 
-MALFORMED_MESSAGE = 4003  # error code: the coordinator's message is not one medfed sends
-REPLY_WITHHELD = 4004  # error code: the reply held more than weights and declared metrics
 
 ACCEPTED_TYPES = (MessageType.TRAIN, MessageType.EVALUATE)
-_INT, _NUMBER, _BOOL, _TEXT = "int", "number", "bool", "text"
-ROUND_SETTINGS = {
-    "label-kind": _TEXT, "local-epochs": _INT, "local-steps": _INT, "batch-size": _INT,
-    "optimizer": _TEXT, "lr": _NUMBER, "momentum": _NUMBER, "weight-decay": _NUMBER,
-    "class-weighting": _BOOL, "augment": _BOOL, "amp": _BOOL, "seed": _INT, "server-round": _INT,
-}
-SAMPLE_DP_SETTINGS = {
-    "dp-noise-multiplier": _NUMBER, "dp-target-epsilon": _NUMBER, "dp-max-epsilon": _NUMBER,
-    "dp-planned-rounds": _INT, "dp-delta": _NUMBER, "dp-max-grad-norm": _NUMBER, "dp-accountant": _TEXT,
-}
+# every key of the round's settings, with its type, as the wire's dataclasses declare them
+ROUND_SETTINGS = {**wire_keys(TrainSettings), SERVER_ROUND: WireKey(SERVER_ROUND, "int", True, "train.rounds")}
+SAMPLE_DP_SETTINGS = wire_keys(DPSettings)
 SCALAR_METRICS = frozenset({"train_loss", "num-examples", "site", UNIT_WEIGHT, KEY_NORM_BIT, *PRIVACY_KEYS})
-HISTOGRAMS = frozenset({"hist-pos", "hist-neg"})
 HISTOGRAM_BINS = len(LOGIT_EDGES) - 1
-VALIDATION_PREFIX = "val_"
 # validation metrics each task declares (the GAN is scored on the coordinator's test set only)
 VALIDATION_METRICS = {
     "classification": frozenset(VALIDATION_PREFIX + name for name in classification.METRIC_NAMES),
@@ -62,21 +54,23 @@ class ReplyWithheld(MedfedError):
 
 
 def _is(value, kind: str) -> bool:
-    if kind == _BOOL:
+    if kind == "bool":
         return isinstance(value, bool)
-    if kind == _INT:
+    if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind == _NUMBER:
+    if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, str)
 
 
-def _check_settings(config, settings: dict[str, str]) -> None:
-    for key, kind in settings.items():
+def _check_settings(config, settings: dict[str, WireKey]) -> None:
+    """Every required key present, and every key present of its declared type."""
+    for key, declared in settings.items():
         if key not in config:
-            raise MalformedMessage(f"the round's config has no '{key}'")
-        if not _is(config[key], kind):
-            raise MalformedMessage(f"the round's config has '{key}' = {config[key]!r}, not a {kind}")
+            if declared.required:
+                raise MalformedMessage(f"the round's config has no '{key}'")
+        elif not _is(config[key], declared.kind):
+            raise MalformedMessage(f"the round's config has '{key}' = {config[key]!r}, not a {declared.kind}")
 
 
 NUMERIC_KINDS = frozenset("biuf")  # numpy dtype kinds: bool, int, unsigned, float
@@ -129,9 +123,9 @@ def _check_incoming(msg: Message) -> ModelSpec:
         raise MalformedMessage(f"the round's config does not describe a model ({exc})") from exc
     if spec.task not in TASKS or spec.name not in TASK_MODELS[spec.task]:
         raise MalformedMessage(f"unknown model '{spec.name}' for task '{spec.task}'")
-    if config["local-epochs"] < 1 or config["batch-size"] < 1 or config["local-steps"] < 0:
-        raise MalformedMessage("local-epochs and batch-size must be >= 1, local-steps >= 0")
-    if not config["lr"] > 0 or config["server-round"] < 1 or config["optimizer"] not in ("adam", "sgd"):
+    if config["local-epochs"] < 1 or config["batch-size"] < 1 or config.get("local-steps", 1) < 1:
+        raise MalformedMessage("local-epochs, local-steps (when given) and batch-size must be >= 1")
+    if not config["lr"] > 0 or config[SERVER_ROUND] < 1 or config["optimizer"] not in ("adam", "sgd"):
         raise MalformedMessage("lr must be > 0, server-round >= 1 and optimizer adam or sgd")
     return spec
 

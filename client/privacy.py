@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import dp_accounting
@@ -30,7 +29,7 @@ from medfed.client.noise_calibration import calibrated_noise
 from medfed.client.site_terms import RoundRefused
 from medfed.errors import ConfigError
 from medfed.models import classification
-from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.wire import BUDGET_EXHAUSTED, DPSettings, TrainSettings
 
 # Opacus is imported where it is used: it pulls in torch.distributed (0.8 s of CPU), which a
 # site training without sample-level DP, or a coordinator, never needs
@@ -42,21 +41,6 @@ class BudgetExhausted(RoundRefused):
     """This round would take the site past its maximum epsilon."""
 
     code = BUDGET_EXHAUSTED
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    noise_multiplier: float | None  # or None with target_epsilon
-    target_epsilon: float | None
-    planned_rounds: int
-    delta: float
-    max_grad_norm: float
-    max_epsilon: float | None  # the site's budget; defaults to target_epsilon
-    accountant: str = "rdp"
-
-    @property
-    def budget(self) -> float | None:
-        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
 
 
 def make_private_model(model: nn.Module) -> nn.Module:
@@ -83,12 +67,10 @@ def incompatible_layers(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def steps_per_round(n: int, s: training.TrainSettings) -> tuple[float, int]:
+def steps_per_round(n: int, s: TrainSettings) -> tuple[float, int]:
     """Poisson sampling rate and the number of steps one round takes at a site of ``n``,
     as Opacus sets them: the rate is one over the number of batches of an epoch."""
-    batches = math.ceil(n / s.batch_size)
-    steps = s.steps if s.steps is not None else s.epochs * batches
-    return 1.0 / batches, steps
+    return 1.0 / math.ceil(n / s.batch_size), s.planned_steps(n)
 
 
 def noise_for(dp: DPSettings, sample_rate: float, steps: int) -> float:
@@ -175,7 +157,7 @@ class SiteAccountant:
 
 
 def train_private(
-    model: nn.Module, data: LabelledImages, s: training.TrainSettings, dp: DPSettings,
+    model: nn.Module, data: LabelledImages, s: TrainSettings, dp: DPSettings,
     accountant: SiteAccountant, device: torch.device,
 ) -> dict[str, float]:
     """One round of DP-SGD on ``model`` (already DP-compatible); returns loss and privacy spent."""
@@ -194,7 +176,7 @@ def train_private(
     )
     weights = classification.loss_function(s.kind, data.labels if s.class_weighting else None, s.num_classes)
     per_sample_loss = _per_sample(weights, s.kind).to(device)
-    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu > 0 else None
+    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
     max_shift = max(1, data.images.shape[1] // 14)
 
     total_loss, seen, taken = 0.0, 0, 0

@@ -36,8 +36,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 from medfed.client.audit_log import weights_digest
 from medfed.faults import kill_point
+from medfed.wire import RUN_KEY, SERVER_ROUND
 
-RUN_KEY = "run-key"  # round config: the run's identity, the same after a coordinator restart
 CACHE_DIR = "round_cache"
 REPLY_FILE, PENDING_FILE, LOCK_FILE = "reply.pt", "pending.json", "lock"
 log = logging.getLogger("medfed.client")
@@ -82,7 +82,7 @@ class RoundCache:
         key = round_key(arrays, config)
         if key is None:
             return train()
-        rnd = int(config.get("server-round", 0))
+        rnd = int(config.get(SERVER_ROUND, 0))
         with self._locked():
             cached = self.reply(key)
             if cached is not None:

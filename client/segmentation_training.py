@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from medfed.client import training
 from medfed.client.privacy import (
-    DPSettings, SiteAccountant, check_budget, noise_for, privacy_spent, site_engine, steps_per_round,
+    SiteAccountant, check_budget, noise_for, privacy_spent, site_engine, steps_per_round,
 )
 from medfed.client.segmentation_data import SegmentationImages
 from medfed.models import segmentation
+from medfed.wire import DPSettings, TrainSettings
 
 PATCH_OVERLAP = 0.25
 
@@ -79,7 +80,7 @@ def _pad_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return nn.functional.pad(x, pads) if any(pads) else x
 
 
-def train_segmentation(model: nn.Module, data: SegmentationImages, s: training.TrainSettings,
+def train_segmentation(model: nn.Module, data: SegmentationImages, s: TrainSettings,
                        device: torch.device) -> dict[str, float]:
     """Train in place on random patches (``s.steps`` batches, or ``s.epochs`` passes of one
     patch per image); return the mean loss and counts."""
@@ -91,7 +92,7 @@ def train_segmentation(model: nn.Module, data: SegmentationImages, s: training.T
     return _fit(model, loader, None, s, steps, device) | {"num-examples": len(data)}
 
 
-def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: training.TrainSettings,
+def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: TrainSettings,
                                dp: DPSettings, accountant: SiteAccountant,
                                device: torch.device) -> dict[str, float]:
     """One round of DP-SGD with a patient's image as the unit of privacy."""
@@ -112,12 +113,12 @@ def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: tr
     return result | {"num-examples": len(data)} | privacy_spent(accountant, dp, noise, sample_rate)
 
 
-def _fit(model: nn.Module, loader: DataLoader, optimizer, s: training.TrainSettings, steps: int,
+def _fit(model: nn.Module, loader: DataLoader, optimizer, s: TrainSettings, steps: int,
          device: torch.device) -> dict[str, float]:
     model.to(device).train()
     optimizer = optimizer or training.make_optimizer(model, s)
     loss_fn = segmentation.loss_function()
-    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu > 0 else None
+    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
     total, taken = 0.0, 0
     while taken < steps:
         for x, y in loader:

@@ -22,16 +22,15 @@ from omegaconf import DictConfig
 from medfed.client.audit_log import IN, OUT, AuditLog, round_of
 from medfed.client.deployed_site import locate_deployed_site, site_config_from
 from medfed.client.message_checks import (
-    MALFORMED_MESSAGE, REPLY_WITHHELD, MalformedMessage, ReplyWithheld, check_incoming, check_reply, check_weights,
+    MalformedMessage, ReplyWithheld, check_incoming, check_reply, check_weights,
 )
-from medfed.client.site_policy import POLICY_REFUSED, accept_round
+from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused
 from medfed.errors import MedfedError
-from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.wire import (
+    AUDIT_FAILED, BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED, SITE_MISCONFIGURED,
+)
 
-SITE_FAILED = 4005  # error code: local training raised; the reason names the error type only
-SITE_MISCONFIGURED = 4006  # error code: SITE.yaml cannot be read in the ClientApp
-AUDIT_FAILED = 4007  # error code: the audit log cannot be written, so nothing is sent
 log = logging.getLogger("medfed.site")
 
 

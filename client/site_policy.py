@@ -22,18 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-from medfed.client import training
 from medfed.client.privacy import (
-    BudgetExhausted, DPSettings, SiteAccountant, history_epsilon, noise_for, steps_per_round,
+    BudgetExhausted, SiteAccountant, history_epsilon, noise_for, steps_per_round,
 )
 from medfed.client.site_terms import (
     ACCOUNTANTS, RoundRefused, SiteLimits, SitePrivacy, SiteTerms, delta_problem, site_delta,
 )
 from medfed.errors import ConfigError
 from medfed.models.spec import ModelSpec
-from medfed.privacy import DP_MECHANISM
+from medfed.wire import DP_MECHANISM, POLICY_REFUSED, DPSettings, TrainSettings
 
-POLICY_REFUSED = 4002  # error code of a site that refuses a round its terms forbid
 
 
 class PolicyRefusal(RoundRefused):
@@ -66,10 +64,11 @@ def accept_round(terms: SiteTerms, config, n_train: int, spent: SiteAccountant |
     this round together would pass the budget."""
     spec = ModelSpec.from_config(config)
     check_policy(terms, spec)
-    check_limits(terms.limits, config, spec)
+    settings = TrainSettings.from_config(config, spec)
+    check_limits(terms.limits, settings, spec)
     if not _uses_sample_dp(terms, config):
         return None
-    private = private_round(terms.privacy, config, n_train)
+    private = private_round(terms.privacy, DPSettings.from_config(config), settings, n_train)
     if spent is not None:
         check_site_budget(private, spent)
     return private
@@ -87,17 +86,17 @@ def check_policy(terms: SiteTerms, spec: ModelSpec) -> None:
 # ---- training limits -----------------------------------------------------------------------
 
 
-def check_limits(limits: SiteLimits, config, spec: ModelSpec) -> None:
+def check_limits(limits: SiteLimits, settings: TrainSettings, spec: ModelSpec) -> None:
     """Local work, batch size, optimiser settings and model size within ``limits``."""
-    if config["local-steps"] > 0:  # steps replace epochs when given
-        _within(limits, "local-steps", config["local-steps"], "local_steps")
+    if settings.steps is not None:  # steps replace epochs when given
+        _within(limits, "local-steps", settings.steps, "local_steps")
     else:
-        _within(limits, "local-epochs", config["local-epochs"], "local_epochs")
-    if not config["batch-size"] >= limits.min_batch_size:
-        raise PolicyRefusal(f"batch-size {config['batch-size']} is below limits.min_batch_size={limits.min_batch_size}",
+        _within(limits, "local-epochs", settings.epochs, "local_epochs")
+    if not settings.batch_size >= limits.min_batch_size:
+        raise PolicyRefusal(f"batch-size {settings.batch_size} is below limits.min_batch_size={limits.min_batch_size}",
                             "batch-size")
     for key, name in (("lr", "lr"), ("momentum", "momentum"), ("weight-decay", "weight_decay")):
-        _within(limits, key, float(config[key]), name)
+        _within(limits, key, getattr(settings, name), name)
     count = parameter_count(spec)
     setting, allowed = limits.parameters_allowed(spec.name)
     if count > allowed:
@@ -148,18 +147,19 @@ def _uses_sample_dp(terms: SiteTerms, config) -> bool:
     return False
 
 
-def private_round(privacy: SitePrivacy, config, n_train: int) -> PrivateRound:
-    """The round's DP-SGD at this site's delta and accountant, refused where its settings
-    contradict the site's (plan, accountant, clipping norm, noise, epsilon per round)."""
+def private_round(privacy: SitePrivacy, asked: DPSettings, settings: TrainSettings, n_train: int) -> PrivateRound:
+    """The round's DP-SGD (``asked``: the run's plan, ``settings``: its training) at this
+    site's delta and accountant, refused where the run's plan contradicts the site's terms
+    (plan, accountant, clipping norm, noise, epsilon per round)."""
     delta = _site_delta(privacy, n_train)
-    _check_plan(privacy, config)
-    _check_accountant(privacy, config)
-    clip = _clipping_norm(privacy, config)
-    sample_rate, steps = _round_steps(config, n_train)
-    noise = _noise(privacy, config, delta, clip, sample_rate, steps)
+    _check_plan(privacy, asked)
+    _check_accountant(privacy, asked)
+    clip = _clipping_norm(privacy, asked)
+    sample_rate, steps = steps_per_round(n_train, settings)
+    noise = _noise(privacy, asked, delta, clip, sample_rate, steps)
     _check_round_cost(privacy, (noise, sample_rate, steps), delta)
-    budget, setting = _budget(privacy, config)
-    dp = DPSettings(noise_multiplier=noise, target_epsilon=None, planned_rounds=int(config["dp-planned-rounds"]),
+    budget, setting = _budget(privacy, asked)
+    dp = DPSettings(noise_multiplier=noise, target_epsilon=None, planned_rounds=asked.planned_rounds,
                     delta=delta, max_grad_norm=clip, max_epsilon=budget, accountant=privacy.accountant)
     return PrivateRound(dp, sample_rate, steps, setting)
 
@@ -172,25 +172,24 @@ def _site_delta(privacy: SitePrivacy, n_train: int) -> float:
     return delta
 
 
-def _check_plan(privacy: SitePrivacy, config) -> None:
-    planned = float(config["dp-target-epsilon"])
-    if privacy.max_epsilon is not None and planned > privacy.max_epsilon:
+def _check_plan(privacy: SitePrivacy, asked: DPSettings) -> None:
+    planned = asked.target_epsilon
+    if privacy.max_epsilon is not None and planned is not None and planned > privacy.max_epsilon:
         raise PolicyRefusal(f"the run plans to spend epsilon {planned:g} at each site, more than "
                             f"privacy.max_epsilon={privacy.max_epsilon:g}", "dp-target-epsilon")
 
 
-def _check_accountant(privacy: SitePrivacy, config) -> None:
+def _check_accountant(privacy: SitePrivacy, asked: DPSettings) -> None:
     """The site accounts with its own accountant whatever the round names; a round that
     names one whose epsilon is not an upper bound (gdp) plans with figures the site
     cannot honour, so it is refused."""
-    asked = str(config["dp-accountant"])
-    if asked not in ACCOUNTANTS:
-        raise PolicyRefusal(f"dp-accountant '{asked}' is not one this site accepts ({', '.join(ACCOUNTANTS)}; "
+    if asked.accountant not in ACCOUNTANTS:
+        raise PolicyRefusal(f"dp-accountant '{asked.accountant}' is not one this site accepts ({', '.join(ACCOUNTANTS)}; "
                             f"it accounts with privacy.accountant={privacy.accountant})", "dp-accountant")
 
 
-def _clipping_norm(privacy: SitePrivacy, config) -> float:
-    clip = float(config["dp-max-grad-norm"])
+def _clipping_norm(privacy: SitePrivacy, asked: DPSettings) -> float:
+    clip = asked.max_grad_norm
     if not (clip > 0 and math.isfinite(clip)):
         raise PolicyRefusal(f"dp-max-grad-norm {clip:g} is not a positive clipping norm", "dp-max-grad-norm")
     if privacy.max_grad_norm is not None and clip > privacy.max_grad_norm:
@@ -199,25 +198,18 @@ def _clipping_norm(privacy: SitePrivacy, config) -> float:
     return clip
 
 
-def _round_steps(config, n_train: int) -> tuple[float, int]:
-    """Poisson sampling rate and steps of the round, as training will take them."""
-    steps = int(config["local-steps"])
-    settings = training.TrainSettings(kind="binary", num_classes=2, epochs=int(config["local-epochs"]),
-                                      steps=steps if steps > 0 else None, batch_size=int(config["batch-size"]))
-    return steps_per_round(n_train, settings)
-
-
-def _noise(privacy: SitePrivacy, config, delta: float, clip: float, sample_rate: float, steps: int) -> float:
+def _noise(privacy: SitePrivacy, asked: DPSettings, delta: float, clip: float, sample_rate: float,
+           steps: int) -> float:
     """The round's noise multiplier, given or calibrated at the site's delta and accountant
     for the run's target; refused below ``privacy.min_noise_multiplier``."""
-    given = float(config["dp-noise-multiplier"])
-    if math.isnan(given) or math.isinf(given):
-        raise PolicyRefusal(f"dp-noise-multiplier {given} is not a noise multiplier", "dp-noise-multiplier")
-    if given >= 0:  # the server sends -1 when the noise is to be found for dp-target-epsilon
+    given = asked.noise_multiplier
+    if given is not None:
+        if not (given >= 0 and math.isfinite(given)):
+            raise PolicyRefusal(f"dp-noise-multiplier {given} is not a noise multiplier", "dp-noise-multiplier")
         noise, what = given, f"dp-noise-multiplier {given:g}"
-    else:
-        noise = _noise_for_target(privacy, config, delta, clip, sample_rate, steps)
-        what = f"the noise for dp-target-epsilon={float(config['dp-target-epsilon']):g} at this site ({noise:.3f})"
+    else:  # the run names a target: the site finds the noise for it
+        noise = _noise_for_target(privacy, asked, delta, clip, sample_rate, steps)
+        what = f"the noise for dp-target-epsilon={asked.target_epsilon:g} at this site ({noise:.3f})"
     if noise < privacy.min_noise_multiplier:
         raise PolicyRefusal(f"{what} is below privacy.min_noise_multiplier={privacy.min_noise_multiplier:g}",
                             "dp-noise-multiplier")
@@ -235,10 +227,10 @@ def _check_round_cost(privacy: SitePrivacy, event: tuple[float, float, int], del
                             f"privacy.max_epsilon_per_round={privacy.max_epsilon_per_round:g}", "dp-noise-multiplier")
 
 
-def _noise_for_target(privacy: SitePrivacy, config, delta: float, clip: float, sample_rate: float,
+def _noise_for_target(privacy: SitePrivacy, asked: DPSettings, delta: float, clip: float, sample_rate: float,
                       steps: int) -> float:
-    target, rounds = float(config["dp-target-epsilon"]), int(config["dp-planned-rounds"])
-    if not (target > 0 and math.isfinite(target)):
+    target, rounds = asked.target_epsilon, asked.planned_rounds
+    if target is None or not (target > 0 and math.isfinite(target)):
         raise PolicyRefusal("the round gives neither a dp-noise-multiplier nor a positive dp-target-epsilon",
                             "dp-target-epsilon")
     if rounds < 1:
@@ -251,16 +243,16 @@ def _noise_for_target(privacy: SitePrivacy, config, delta: float, clip: float, s
         raise PolicyRefusal(f"{exc} at this site's delta {delta:.3g}", "dp-target-epsilon") from exc
 
 
-def _budget(privacy: SitePrivacy, config) -> tuple[float | None, str | None]:
+def _budget(privacy: SitePrivacy, asked: DPSettings) -> tuple[float | None, str | None]:
     """The tighter of the site's budget and the run's own (its max epsilon, else its
     target): a coordinator may ask a site to stop sooner, never later."""
     budgets = []
     if privacy.max_epsilon is not None:
         budgets.append((privacy.max_epsilon, f"privacy.max_epsilon={privacy.max_epsilon:g}"))
-    run_max, run_target = float(config["dp-max-epsilon"]), float(config["dp-target-epsilon"])
-    if run_max > 0:
+    run_max, run_target = asked.max_epsilon, asked.target_epsilon
+    if run_max is not None:
         budgets.append((run_max, f"the run's dp-max-epsilon={run_max:g}"))
-    elif run_target > 0:
+    elif run_target is not None:
         budgets.append((run_target, f"the run's dp-target-epsilon={run_target:g}"))
     return min(budgets) if budgets else (None, None)
 

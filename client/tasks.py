@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from medfed.client import training
-from medfed.client.privacy import DPSettings, SiteAccountant, train_private
+from medfed.client.privacy import SiteAccountant, train_private
+from medfed.wire import DPSettings, TrainSettings
 
 CLASSIFICATION, SEGMENTATION, GAN = "classification", "segmentation", "gan"
 
 
-def local_train(model: nn.Module, data, s: training.TrainSettings, device: torch.device,
+def local_train(model: nn.Module, data, s: TrainSettings, device: torch.device,
                 dp: DPSettings | None = None, accountant: SiteAccountant | None = None) -> dict:
     """One round of local training in place; under DP also the privacy spent."""
     if s.task == SEGMENTATION:
@@ -33,7 +34,7 @@ def local_train(model: nn.Module, data, s: training.TrainSettings, device: torch
     return train_private(model, data, s, dp, accountant, device)
 
 
-def local_evaluate(model: nn.Module, data, s: training.TrainSettings, device: torch.device) -> dict:
+def local_evaluate(model: nn.Module, data, s: TrainSettings, device: torch.device) -> dict:
     """The model's metrics on a site's validation data (none for the GAN, whose quality
     is measured on the server's test set)."""
     if s.task == SEGMENTATION:

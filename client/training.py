@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,29 +15,7 @@ from torch import nn
 
 from medfed.client.datasets import LabelledImages
 from medfed.models import classification
-
-
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of one local training call (sent by the server each round)."""
-
-    kind: str  # label kind: binary, multiclass or multilabel
-    num_classes: int
-    epochs: int = 1
-    steps: int | None = None  # when set, train exactly this many batches instead
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    class_weighting: bool = True
-    augment: bool = True
-    proximal_mu: float = 0.0  # FedProx: weight of ||w - w_global||^2 / 2
-    amp: bool = True
-    seed: int = 0
-    task: str = "classification"  # classification, segmentation or gan
-    patch_size: int = 64  # segmentation: training patches of this size (pixels per side)
-    contrast: str = "none"  # segmentation: local contrast equalisation before normalising
+from medfed.wire import TrainSettings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,12 +83,12 @@ def train(
     use_amp = s.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     anchor = (
-        [p.detach().clone() for p in model.parameters()] if s.proximal_mu > 0 else None
+        [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
     )
     max_shift = max(1, x_all.shape[-1] // 14)
 
     total_loss, seen, steps = 0.0, 0, 0
-    planned = s.steps if s.steps is not None else s.epochs * -(-len(y_all) // s.batch_size)
+    planned = s.planned_steps(len(y_all))
     while steps < planned:
         order = torch.randperm(len(y_all), generator=generator)
         for start in range(0, len(order), s.batch_size):

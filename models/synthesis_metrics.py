@@ -21,6 +21,7 @@ import torch
 from medfed.client import training
 from medfed.client.datasets import LabelledImages
 from medfed.models import build_model
+from medfed.wire import TrainSettings
 from scipy import linalg
 from torch import nn
 
@@ -102,7 +103,7 @@ def memorisation(
 
 
 def tstr_auc(
-    generated: LabelledImages, test: LabelledImages, settings: training.TrainSettings, device: torch.device
+    generated: LabelledImages, test: LabelledImages, settings: TrainSettings, device: torch.device
 ) -> float:
     """Train-on-Synthetic-Test-on-Real: the test AUC of a fresh `SmallCNN` trained with
     `training.train` on ``generated`` alone (seeded by ``settings.seed``)."""

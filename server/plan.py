@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medfed.client import training
 from medfed.client.datasets import LabelSpace
-from medfed.client.round_cache import RUN_KEY
 from medfed.models.spec import ModelSpec
 from medfed.server.privacy import round_privacy_config
+from medfed.wire import RUN_KEY, SERVER_ROUND, TrainSettings
 
 
 def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int, image_size: int) -> ModelSpec:
@@ -90,38 +90,32 @@ def lr_at(cfg: DictConfig, rnd: int) -> float:
     return float(cfg.train.lr) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int, run_key: str | None = None) -> dict:
+def round_settings(cfg: DictConfig, spec: ModelSpec, rnd: int) -> TrainSettings:
+    """Round ``rnd``'s training settings, with the run's seed (each site derives its own)."""
     t = cfg.train
+    return TrainSettings(
+        kind=spec.label_kind, num_classes=spec.num_classes, epochs=t.local_epochs,
+        steps=t.local_steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=lr_at(cfg, rnd),
+        momentum=t.momentum, weight_decay=t.weight_decay, class_weighting=t.class_weighting,
+        augment=cfg.data.augment, amp=t.amp, seed=cfg.seed, task=spec.task, patch_size=spec.image_size,
+        contrast=spec.contrast,
+    )
+
+
+def round_config(cfg: DictConfig, spec: ModelSpec, rnd: int, run_key: str | None = None) -> dict:
+    """The config record of round ``rnd`` (`medfed.wire`)."""
     return {
         **spec.to_config(),
-        "label-kind": spec.label_kind,
-        "local-epochs": t.local_epochs,
-        "local-steps": t.local_steps or 0,
-        "batch-size": t.batch_size,
-        "optimizer": t.optimizer,
-        "lr": lr_at(cfg, rnd),
-        "momentum": float(t.momentum),
-        "weight-decay": float(t.weight_decay),
-        "class-weighting": bool(t.class_weighting),
-        "augment": bool(cfg.data.augment),
-        "amp": bool(t.amp),
-        "seed": cfg.seed,
-        "server-round": rnd,
+        **round_settings(cfg, spec, rnd).to_config(),
+        SERVER_ROUND: rnd,
         **({RUN_KEY: run_key} if run_key else {}),
         **round_privacy_config(cfg),
     }
 
 
-def train_settings(cfg: DictConfig, spec: ModelSpec, rnd: int, seed: int) -> training.TrainSettings:
-    """The same hyper-parameters as `round_config`, for training without a federation."""
-    t = cfg.train
-    return training.TrainSettings(
-        kind=spec.label_kind, num_classes=spec.num_classes, epochs=t.local_epochs,
-        steps=t.local_steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=lr_at(cfg, rnd),
-        momentum=t.momentum, weight_decay=t.weight_decay, class_weighting=t.class_weighting,
-        augment=cfg.data.augment, amp=t.amp, seed=seed, task=spec.task, patch_size=spec.image_size,
-        contrast=spec.contrast,
-    )
+def train_settings(cfg: DictConfig, spec: ModelSpec, rnd: int, seed: int) -> TrainSettings:
+    """The same settings as `round_config`, for training without a federation."""
+    return replace(round_settings(cfg, spec, rnd), seed=seed)
 
 
 def initial_weights(cfg: DictConfig, spec: ModelSpec) -> dict[str, torch.Tensor]:

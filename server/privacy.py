@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from medfed.client.noise_calibration import least_noise, opacus_epsilon
 from medfed.errors import ConfigError
-from medfed.privacy import DP_MECHANISM, PRIVACY_KEYS
+from medfed.wire import DP_ADAPTIVE, DP_MECHANISM, PRIVACY_KEYS, DPSettings
 
 
 def client_accountant(num_sites: int, delta: float, max_epsilon: float | None) -> RdpAccountant:
@@ -91,17 +91,12 @@ def round_privacy_config(cfg: DictConfig) -> dict:
     dp = cfg.privacy
     config: dict = {DP_MECHANISM: dp.mechanism}
     if dp.mechanism == "sample":
-        config.update({
-            "dp-noise-multiplier": -1.0 if dp.noise_multiplier is None else float(dp.noise_multiplier),
-            "dp-target-epsilon": float(dp.target_epsilon or 0.0),
-            "dp-max-epsilon": float(dp.max_epsilon or 0.0),
-            "dp-planned-rounds": cfg.train.rounds,
-            "dp-delta": float(dp.delta),
-            "dp-max-grad-norm": float(dp.max_grad_norm),
-            "dp-accountant": dp.accountant,
-        })
+        config.update(DPSettings(
+            noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon, planned_rounds=cfg.train.rounds,
+            delta=dp.delta, max_grad_norm=dp.max_grad_norm, max_epsilon=dp.max_epsilon, accountant=dp.accountant,
+        ).to_config())
     if dp.mechanism == "client":
-        config["dp-adaptive"] = bool(dp.adaptive)
+        config[DP_ADAPTIVE] = bool(dp.adaptive)
     return config
 
 

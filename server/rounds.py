@@ -29,7 +29,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from medfed.errors import MedfedError
 from medfed.faults import kill_point
-from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.wire import BUDGET_EXHAUSTED
 from medfed.server.privacy import PrivacyLedger
 from medfed.models.classification import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint

@@ -24,6 +24,7 @@ from medfed.models import build_model
 from medfed.models.gan import generate
 from medfed.models.spec import ModelSpec
 from medfed.models.synthesis_metrics import (
+from medfed.wire import TrainSettings
     classifier_features, frechet_distance, memorisation, save_sample_grid, tstr_auc,
 )
 
@@ -41,9 +42,9 @@ class SynthesisJudge:
         self._features = None  # the real-data feature classifier, trained at first use
         self._real_features = None
 
-    def settings(self, seed: int) -> training.TrainSettings:
+    def settings(self, seed: int) -> TrainSettings:
         """How the TSTR and feature classifiers train: medfed's classifier recipe."""
-        return training.TrainSettings(kind="binary" if self.spec.num_classes == 2 else "multiclass",
+        return TrainSettings(kind="binary" if self.spec.num_classes == 2 else "multiclass",
                                       num_classes=self.spec.num_classes, epochs=self.cfg.gan.tstr_epochs,
                                       batch_size=64, lr=2e-3, seed=seed)
 

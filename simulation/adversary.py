@@ -22,6 +22,7 @@ from flwr.app import MessageType
 from omegaconf import DictConfig
 
 from medfed.client.datasets import LabelledImages
+from medfed.wire import SERVER_ROUND
 
 SITE_DROPPED = 490  # error code of a simulated dropout
 HISTORY_KEY = "medfed-sent-round-{}"  # a stale site's earlier updates, in its node state
@@ -55,7 +56,7 @@ class Misbehaviour:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         site = int(context.node_config["partition-id"])
-        rnd = int(msg.content["config"]["server-round"])
+        rnd = int(msg.content["config"][SERVER_ROUND])
         rng = np.random.default_rng([self.seed, rnd, site, 71])
         if rng.random() < self.dropout:
             log.info("site-%03d drops out of round %d (simulated)", site, rnd)

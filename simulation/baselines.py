@@ -17,7 +17,7 @@ from medfed.client.tasks import local_train
 from medfed.models.spec import ModelSpec
 from medfed.server.evaluation import evaluator
 from medfed.server.outputs import RunOutputs
-from medfed.server.plan import initial_weights, train_settings
+from medfed.server.plan import initial_weights, round_settings
 from medfed.server.progress import RunProgress
 from medfed.server.rounds import headline
 from medfed.simulation.partition import SiteShard
@@ -30,7 +30,7 @@ def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) 
     model.load_state_dict(initial_weights(cfg, spec))
     device = training.resolve_device(cfg.train.device)
     for rnd in range(1, cfg.train.rounds + 1):
-        settings = train_settings(cfg, spec, rnd, seed=cfg.seed * 100_003 + rnd * 1_009 + seed_offset)
+        settings = round_settings(cfg, spec, rnd).for_site(rnd, seed_offset)  # the seed a federated site takes
         started = time.perf_counter()
         result = local_train(model, train, settings, device)
         on_round(rnd, model, result, time.perf_counter() - started)

@@ -18,15 +18,12 @@ from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.errors import ConfigError
 from medfed.models.spec import ModelSpec
+from medfed.wire import DP_MECHANISM, DPSettings, TrainSettings, wire_keys
 
 # the experiment setting behind each round-config key a site may refuse
 EXPERIMENT_SETTING = {
-    "local-steps": "train.local_steps", "local-epochs": "train.local_epochs", "batch-size": "train.batch_size",
-    "lr": "train.lr", "momentum": "train.momentum", "weight-decay": "train.weight_decay",
-    "model-name": "model.name", "model-task": "task", "dp-mechanism": "privacy.mechanism",
-    "dp-noise-multiplier": "privacy.noise_multiplier", "dp-target-epsilon": "privacy.target_epsilon",
-    "dp-planned-rounds": "train.rounds", "dp-max-grad-norm": "privacy.max_grad_norm",
-    "dp-accountant": "privacy.accountant",
+    **{key: w.setting for key, w in {**wire_keys(TrainSettings), **wire_keys(DPSettings)}.items()},
+    "model-name": "model.name", "model-task": "task", DP_MECHANISM: "privacy.mechanism",
 }
 
 

@@ -23,9 +23,9 @@ from flwr.serverapp.strategy import (
 from omegaconf import DictConfig
 
 from medfed.errors import ConfigError
-from medfed.privacy import UNIT_WEIGHT
-from medfed.strategies.fedbn import FEDBN_FLAG, FedBN
+from medfed.strategies.fedbn import FedBN
 from medfed.strategies.norm_bounded import NormBoundedFedAvg
+from medfed.wire import UNIT_WEIGHT
 
 STRATEGIES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
@@ -126,4 +126,4 @@ def _byzantine_rule(name: str, s: DictConfig, n: int, common: dict) -> Strategy:
     return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=select, **common)
 
 
-__all__ = ["STRATEGIES", "FEDBN_FLAG", "FedBN", "build_strategy", "average_metrics"]
+__all__ = ["STRATEGIES", "FedBN", "build_strategy", "average_metrics"]

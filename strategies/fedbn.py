@@ -16,7 +16,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-FEDBN_FLAG = "fedbn"
+from medfed.wire import FEDBN_FLAG
+
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 

@@ -76,7 +76,7 @@ def separable_images(n: int = 64, seed: int = 0):
 
 
 def train_settings(**overrides):
-    from medfed.client.training import TrainSettings
+    from medfed.wire import TrainSettings
 
     base = dict(kind="binary", num_classes=2, epochs=3, batch_size=16, lr=3e-3, seed=5)
     return TrainSettings(**{**base, **overrides})

@@ -22,14 +22,13 @@ from deployment_helpers import (
 )
 from medfed.client.audit_log import FIELDS, read_audit_log, weights_digest
 from medfed.client.message_checks import (
-    HISTOGRAM_BINS, MALFORMED_MESSAGE, REPLY_WITHHELD, ReplyWithheld, check_reply, model_layout,
+    HISTOGRAM_BINS, ReplyWithheld, check_reply, model_layout,
 )
 from medfed.client.site_config import load_site_config
-from medfed.client.site_control import SITE_FAILED, SiteControl
-from medfed.client.site_policy import POLICY_REFUSED
+from medfed.client.site_control import SiteControl
 from medfed.config import load_config
 from medfed.errors import MedfedError
-from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.wire import BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED
 from medfed.server import processes
 from medfed.server.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config

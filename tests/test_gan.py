@@ -9,7 +9,7 @@ import torch
 from conftest import separable_images, train_settings
 from medfed.client.datasets import LabelledImages
 from medfed.client.gan_training import _step, train_gan
-from medfed.client.privacy import BudgetExhausted, DPSettings, SiteAccountant
+from medfed.client.privacy import BudgetExhausted, SiteAccountant
 from medfed.models.gan import ConditionalGAN, generate, recalibrate_batchnorm
 from medfed.models.synthesis_metrics import (
     frechet_distance,
@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.errors import ConfigError
+from medfed.wire import DPSettings
 
 CPU = torch.device("cpu")
 

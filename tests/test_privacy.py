@@ -7,12 +7,13 @@ from opacus.accountants import RDPAccountant
 
 from conftest import separable_images, train_settings
 from medfed.client.privacy import (
-    BudgetExhausted, DPSettings, SiteAccountant, make_private_model, train_private,
+    BudgetExhausted, SiteAccountant, make_private_model, train_private,
 )
 from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models import build_model
 from medfed.server.privacy import client_epsilon, client_noise_for
+from medfed.wire import DPSettings
 
 
 def _data():

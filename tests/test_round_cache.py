@@ -15,7 +15,8 @@ from medfed.client import round_cache
 from medfed.client.audit_log import weights_digest
 from medfed.client.datasets import read_npz_split
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant
-from medfed.client.round_cache import RUN_KEY, RoundCache, round_key
+from medfed.client.round_cache import RoundCache, round_key
+from medfed.wire import RUN_KEY
 from medfed.client.site import Site
 from medfed.config import load_config
 from medfed.server.plan import initial_weights, model_spec, round_config

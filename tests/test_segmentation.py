@@ -11,13 +11,13 @@ from opacus.accountants import RDPAccountant
 from PIL import Image
 
 from conftest import REPO
-from medfed.client.privacy import DPSettings, SiteAccountant
+from medfed.client.privacy import SiteAccountant
 from medfed.client.segmentation_data import SegmentationImages
 from medfed.client.segmentation_training import (
     Patches, evaluate_segmentation, train_segmentation, train_segmentation_private,
 )
-from medfed.client.training import TrainSettings
 from medfed.models import segmentation
+from medfed.wire import DPSettings, TrainSettings
 
 CONFIG = REPO / "configs" / "drive-unet-fedavg.yaml"
 

@@ -28,10 +28,10 @@ from conftest import FAST, REPO
 from deployment_helpers import site_yaml
 from medfed.client.audit_log import read_audit_log
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant, history_epsilon
-from medfed.client.site_policy import POLICY_REFUSED, accept_round
+from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.config import load_config
-from medfed.privacy import BUDGET_EXHAUSTED
+from medfed.wire import BUDGET_EXHAUSTED, POLICY_REFUSED
 from medfed.server.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
 
@@ -57,13 +57,13 @@ def _site(tmp_path: Path, creds: Path, extra: str = "", policy: str = "", models
 
 def _round(*overrides: str, **edits) -> tuple[dict, ArrayRecord]:
     """A round's config and weights as medfed's ServerApp sends them, then ``edits`` made to
-    the config as a coordinator could (``dp_delta=0.99`` sets ``dp-delta``)."""
+    the config as a coordinator could (``dp_delta=0.99`` sets ``dp-delta``, None removes the key)."""
     cfg = load_config(None, [*ROUND, *overrides])
     segmentation = cfg.task == "segmentation"
     spec = model_spec(cfg, 2, "segmentation" if segmentation else "binary", 1, 0 if segmentation else 28)
     config = round_config(cfg, spec, 1)
     config.update({key.replace("_", "-"): value for key, value in edits.items()})
-    return config, ArrayRecord(initial_weights(cfg, spec))
+    return {k: v for k, v in config.items() if v is not None}, ArrayRecord(initial_weights(cfg, spec))
 
 
 def _send(site: Path, config: dict, arrays: ArrayRecord, app=None) -> Message:
@@ -151,7 +151,7 @@ def test_rounds_that_contradict_the_sites_privacy_terms_are_refused(tmp_path, cr
 
 @pytest.mark.parametrize("edits, words", [
     ({"local_steps": 10_000_000}, "local-steps 10000000 is above limits.max_local_steps=1000"),
-    ({"local_steps": 0, "local_epochs": 100_000}, "local-epochs 100000 is above limits.max_local_epochs=10"),
+    ({"local_steps": None, "local_epochs": 100_000}, "local-epochs 100000 is above limits.max_local_epochs=10"),
     ({"batch_size": 1}, "batch-size 1 is below limits.min_batch_size=8"),
     ({"lr": 1e6}, "lr 1e+06 is above limits.max_lr=1"),
     ({"momentum": 50.0}, "momentum 50 is above limits.max_momentum=0.99"),
@@ -263,7 +263,7 @@ dishonest = st.fixed_dictionaries({
     "dp-delta": st.sampled_from([1e-9, 0.5, 0.99, 1e9]),
     "dp-noise-multiplier": st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0, 3.0]),
     "dp-accountant": st.sampled_from(["rdp", "prv", "gdp"]),
-    "local-steps": st.sampled_from([0, 1, 50, 10_000_000]),
+    "local-steps": st.sampled_from([None, 1, 50, 10_000_000]),  # None: left out, the epochs count
     "local-epochs": st.sampled_from([1, 3, 100_000]),
     "batch-size": st.sampled_from([1, 4, 8, 64]),
     "dp-mechanism": st.sampled_from(["sample", "sample", "none", "client"]),
@@ -291,7 +291,8 @@ def test_a_site_never_spends_past_its_budget(rounds):
         for edits in rounds:
             spent = SiteAccountant(Path(folder), "rdp")
             try:
-                private = accept_round(terms, {**BASE, **edits}, SITE_SIZE, spent)
+                config = {k: v for k, v in {**BASE, **edits}.items() if v is not None}
+                private = accept_round(terms, config, SITE_SIZE, spent)
             except RoundRefused as exc:
                 private = None
                 event(f"refused ({exc.setting})")
