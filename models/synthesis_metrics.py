@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import linalg
+from torch import nn
+
 from medfed.client import training
 from medfed.client.datasets import LabelledImages
 from medfed.models import build_model
 from medfed.wire import TrainSettings
-from scipy import linalg
-from torch import nn
 
 
 @torch.no_grad()

@@ -24,9 +24,9 @@ from medfed.models import build_model
 from medfed.models.gan import generate
 from medfed.models.spec import ModelSpec
 from medfed.models.synthesis_metrics import (
-from medfed.wire import TrainSettings
     classifier_features, frechet_distance, memorisation, save_sample_grid, tstr_auc,
 )
+from medfed.wire import TrainSettings
 
 SAMPLES, FINAL_GRID = "samples", "samples.png"
 GRID_PER_CLASS = 8
