@@ -7,8 +7,8 @@ DCGAN choice.
 
 With privacy, only the discriminator is trained with DP-SGD, since only it reads real
 images: Opacus clips and noises its per-example gradients, Poisson-samples the real
-images and accounts for them with the site's `SiteAccountant`, exactly as
-`privacy.train_private` does. The generator learns only through the private
+images and accounts for them with the site's `SiteAccountant`: the same wrapper as
+every task's DP-SGD (`privacy.PrivateTraining`). The generator learns only through the private
 discriminator, so it is post-processing and costs no privacy. Fakes in the private
 step are a fixed number (the batch size) with uniformly drawn labels, so neither
 their count nor their labels depend on which real images were sampled, and each
@@ -18,114 +18,61 @@ for the real images covers the step.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.client.privacy import (
-    BudgetExhausted,
-    SiteAccountant,
-    noise_for,
-    site_engine,
-    steps_per_round,
-)
-from medfed.models.gan import ConditionalGAN, to_signed
-from medfed.wire import DPSettings, TrainSettings
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from medfed.client import training
+from medfed.client.datasets import LabelledImages
+from medfed.client.privacy import PrivateTraining
+from medfed.models.gan import ConditionalGAN, to_signed
+from medfed.wire import TrainSettings
 
 REAL_TARGET = 0.9  # one-sided label smoothing: keeps the discriminator from overconfidence
 BETAS = (0.5, 0.999)
 
 
-def train_gan(
-    model: ConditionalGAN, data: LabelledImages, s: TrainSettings, device: torch.device,
-    dp: DPSettings | None = None, accountant: SiteAccountant | None = None,
-) -> dict[str, float]:
+def train_gan(model: ConditionalGAN, data: LabelledImages, s: TrainSettings, device: torch.device,
+              private: PrivateTraining | None = None) -> dict[str, float]:
     """Train ``model`` in place for ``s.epochs`` epochs (or ``s.steps`` steps) of ``data``.
 
     Returns the mean discriminator loss ("train_loss", real plus fake BCE), the mean
-    generator loss, the counts and, with ``dp``, the privacy spent (the same keys as
-    `privacy.train_private`). Raises `BudgetExhausted` before training when the round
-    would take the site past ``dp.budget``.
+    generator loss, the counts and, with ``private`` (DP-SGD on the discriminator, see the
+    module docstring), the privacy spent.
     """
-    if (dp is None) != (accountant is None):
-        raise ValueError("train_gan: pass dp and accountant together")
-    if dp is not None:
-        return _train_private(model, data, s, device, dp, accountant)
-
     rng = training.seed_everything(s.seed)
     model.to(device).train()
     x_all, y_all = to_signed(training.to_tensor(data.images)), torch.from_numpy(data.labels).long()
-    opt_d, opt_g = _adam(model.discriminator, s), _adam(model.generator, s)
-    planned = s.planned_steps(len(y_all))
+    discriminator, opt_d, opt_g = model.discriminator, _adam(model.discriminator, s), _adam(model.generator, s)
+    if private is None:
+        batches, planned = training.shuffled(x_all, y_all, s.batch_size, rng), s.planned_steps(len(y_all))
+    else:
+        loader = DataLoader(TensorDataset(x_all, y_all), batch_size=s.batch_size, generator=rng)
+        discriminator, opt_d, loader = private.make_private(discriminator, opt_d, loader)
+        batches, planned = private.batches(loader), private.steps
+    proximal = training.ProximalStep(model, s)
     d_total, g_total, steps = 0.0, 0.0, 0
-    while steps < planned:
-        order = torch.randperm(len(y_all), generator=rng)
-        for start in range(0, len(order), s.batch_size):
-            index = order[start : start + s.batch_size]
-            if len(index) < 2 and len(order) > 1:
-                continue  # a batch of one breaks the generator's BatchNorm; it comes back next epoch
-            real, labels = x_all[index].to(device), y_all[index].to(device)
-            fake_labels = labels  # fakes of the same classes: no class-frequency shortcut for D
-            d_loss, g_loss = _step(model, model.discriminator, opt_d, opt_g, real, labels, fake_labels,
-                                   _shift(s, data), rng)
+    try:
+        for real, labels in batches:
+            real, labels = real.to(device), labels.to(device)
+            # fakes of the batch's classes leave D no class-frequency shortcut; under DP the
+            # generator must not see which classes the private batch holds: random ones
+            fake_labels = labels if private is None else torch.randint(
+                model.num_classes, (s.batch_size,), generator=rng).to(device)
+            d_loss, g_loss = _step(model, discriminator, opt_d, opt_g, real, labels, fake_labels,
+                                   _shift(s, data), rng, private=private is not None)
+            proximal()
             d_total, g_total, steps = d_total + d_loss, g_total + g_loss, steps + 1
             if steps >= planned:
                 break
-    return {"train_loss": d_total / max(steps, 1), "g_loss": g_total / max(steps, 1),
-            "num-examples": len(data), "steps": steps}
-
-
-def _train_private(
-    model: ConditionalGAN, data: LabelledImages, s: TrainSettings, device: torch.device,
-    dp: DPSettings, accountant: SiteAccountant,
-) -> dict[str, float]:
-    """`train_gan` with DP-SGD on the discriminator (see the module docstring)."""
-    sample_rate, steps = steps_per_round(len(data), s)
-    noise = noise_for(dp, sample_rate, steps)
-    spent_after = accountant.epsilon(dp.delta, (noise, sample_rate, steps))
-    if dp.budget is not None and spent_after > dp.budget * (1 + 1e-6):
-        raise BudgetExhausted(
-            f"privacy budget: this round would spend epsilon {spent_after:.3f} > "
-            f"{dp.budget:.3f} (already spent {accountant.epsilon(dp.delta):.3f})"
-        )
-
-    rng = training.seed_everything(s.seed)
-    model.to(device).train()
-    dataset = TensorDataset(training.to_tensor(data.images), torch.from_numpy(data.labels).long())
-    loader = DataLoader(dataset, batch_size=s.batch_size, generator=rng)
-    engine = site_engine(dp, accountant)
-    private_d, opt_d, private_loader = engine.make_private(
-        module=model.discriminator, optimizer=_adam(model.discriminator, s), data_loader=loader,
-        noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
-    )
-    opt_g = _adam(model.generator, s)
-    d_total, g_total, taken = 0.0, 0.0, 0
-    try:
-        while taken < steps:
-            for x, y in private_loader:
-                if not len(y):  # an empty Poisson batch (rare): no step, so the accountant counts none
-                    continue
-                real, labels = to_signed(x).to(device), y.to(device)
-                fake_labels = torch.randint(model.num_classes, (s.batch_size,), generator=rng).to(device)
-                d_loss, g_loss = _step(model, private_d, opt_d, opt_g, real, labels, fake_labels,
-                                       _shift(s, data), rng, private=True)
-                d_total, g_total, taken = d_total + d_loss, g_total + g_loss, taken + 1
-                if taken >= steps:
-                    break
     finally:
-        private_d.to_standard_module()  # removes Opacus' hooks from model.discriminator
-    accountant.save(engine.accountant.history)
-    return {
-        "train_loss": d_total / max(taken, 1), "g_loss": g_total / max(taken, 1),
-        "num-examples": len(data), "steps": taken,
-        "epsilon": accountant.epsilon(dp.delta), "delta": dp.delta, "noise-multiplier": noise,
-        "sample-rate": sample_rate, "max-grad-norm": dp.max_grad_norm,
-        "total-steps": sum(h[2] for h in accountant.history),
-    }
+        if private is not None:
+            discriminator.to_standard_module()  # removes Opacus' hooks from model.discriminator
+    result = {"train_loss": d_total / max(steps, 1), "g_loss": g_total / max(steps, 1),
+              "num-examples": len(data), "steps": steps}
+    return result | private.spent() if private is not None else result
 
 
 def _step(

@@ -20,15 +20,12 @@ import dp_accounting
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from medfed.client import training
 from medfed.client.allocator import keep_freed_memory
-from medfed.client.datasets import LabelledImages
 from medfed.client.noise_calibration import calibrated_noise
 from medfed.client.site_terms import RoundRefused
 from medfed.errors import ConfigError
-from medfed.models import classification
 from medfed.wire import BUDGET_EXHAUSTED, DPSettings, TrainSettings
 
 # Opacus is imported where it is used: it pulls in torch.distributed (0.8 s of CPU), which a
@@ -156,53 +153,43 @@ class SiteAccountant:
         partial.replace(self.path)
 
 
-def train_private(
-    model: nn.Module, data: LabelledImages, s: TrainSettings, dp: DPSettings,
-    accountant: SiteAccountant, device: torch.device,
-) -> dict[str, float]:
-    """One round of DP-SGD on ``model`` (already DP-compatible); returns loss and privacy spent."""
-    sample_rate, steps = steps_per_round(len(data), s)
-    noise = noise_for(dp, sample_rate, steps)
-    check_budget(dp, accountant, noise, sample_rate, steps)
+class PrivateTraining:
+    """Sample-level DP-SGD as one wrapper around a task's own training loop (the Opacus way).
 
-    generator = training.seed_everything(s.seed)
-    model.to(device).train()
-    dataset = TensorDataset(training.to_tensor(data.images), torch.from_numpy(data.labels))
-    loader = DataLoader(dataset, batch_size=s.batch_size, generator=generator)
-    engine = site_engine(dp, accountant)
-    private_model, optimizer, private_loader = engine.make_private(
-        module=model, optimizer=training.make_optimizer(model, s), data_loader=loader,
-        noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
-    )
-    weights = classification.loss_function(s.kind, data.labels if s.class_weighting else None, s.num_classes)
-    per_sample_loss = _per_sample(weights, s.kind).to(device)
-    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
-    max_shift = max(1, data.images.shape[1] // 14)
+    Built before training, it sizes the round (Poisson sampling rate, steps, noise) and
+    refuses it (`BudgetExhausted`) past the site's budget. The loop hands it its module,
+    optimiser and loader (`make_private`: the GAN hands its discriminator only), takes its
+    batches from `batches` and its number of steps from `steps`, and ends with `spent`,
+    which stores the site's history and reports the privacy spent."""
 
-    total_loss, seen, taken = 0.0, 0, 0
-    while taken < steps:
-        for x, y in private_loader:
-            if not len(y):  # an empty Poisson batch (rare): no step, so the accountant counts none
-                continue
-            if s.augment:
-                x = training.random_shift(x, generator, max_shift)
-            x, y = x.to(device), classification.targets(s.kind, y).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = per_sample_loss(private_model(x), y).mean()
-            loss.backward()
-            total_loss += float(loss.detach()) * len(y)
-            seen += len(y)
-            optimizer.step()
-            if anchor is not None:  # FedProx as a decoupled proximal step: data-independent, so free
-                with torch.no_grad():
-                    for p, a in zip(model.parameters(), anchor):
-                        p.sub_(optimizer.param_groups[0]["lr"] * s.proximal_mu * (p - a))
-            taken += 1
-            if taken >= steps:
-                break
-    accountant.save(engine.accountant.history)
-    return {"train_loss": total_loss / max(seen, 1), "num-examples": len(data), "steps": taken,
-            **privacy_spent(accountant, dp, noise, sample_rate)}
+    def __init__(self, dp: DPSettings, accountant: SiteAccountant, examples: int, s: TrainSettings) -> None:
+        self.dp, self.accountant = dp, accountant
+        self.sample_rate, self.steps = steps_per_round(examples, s)
+        self.noise = noise_for(dp, self.sample_rate, self.steps)
+        check_budget(dp, accountant, self.noise, self.sample_rate, self.steps)
+        self.engine = None
+
+    def make_private(self, module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader):
+        """Opacus' private module, optimiser and Poisson-sampled loader, accounted from the
+        site's history."""
+        self.engine = site_engine(self.dp, self.accountant)
+        return self.engine.make_private(module=module, optimizer=optimizer, data_loader=loader,
+                                        noise_multiplier=self.noise, max_grad_norm=self.dp.max_grad_norm,
+                                        poisson_sampling=True)
+
+    @staticmethod
+    def batches(loader: DataLoader):
+        """The private loader's batches, epoch after epoch, for as long as the loop takes them;
+        an empty Poisson batch (rare) is skipped: no step, so the accountant counts none."""
+        while True:
+            for batch in loader:
+                if len(batch[-1]):
+                    yield batch
+
+    def spent(self) -> dict:
+        """Store the site's history with this round's steps; what the reply reports."""
+        self.accountant.save(self.engine.accountant.history)
+        return privacy_spent(self.accountant, self.dp, self.noise, self.sample_rate)
 
 
 def site_engine(dp: DPSettings, accountant: SiteAccountant):
@@ -235,23 +222,3 @@ def privacy_spent(accountant: SiteAccountant, dp: DPSettings, noise: float, samp
         "sample-rate": sample_rate, "max-grad-norm": dp.max_grad_norm,
         "total-steps": sum(h[2] for h in accountant.history),
     }
-
-
-def _per_sample(weighted: nn.Module, kind: str) -> nn.Module:
-    """The task loss without reduction, so that Opacus sees one loss per example."""
-    if kind == classification.MULTILABEL:
-        return nn.BCEWithLogitsLoss(pos_weight=getattr(weighted, "pos_weight", None), reduction="none")
-    return _WeightedCrossEntropy(getattr(weighted, "weight", None))
-
-
-class _WeightedCrossEntropy(nn.Module):
-    """Cross-entropy per example, times its class weight (a mean over the batch keeps
-    Opacus' "mean" reduction exact, unlike torch's weighted mean)."""
-
-    def __init__(self, weight: torch.Tensor | None) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight if weight is not None else None)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(logits, target, reduction="none")
-        return loss if self.weight is None else loss * self.weight[target]

@@ -19,12 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medfed.client import training
-from medfed.client.privacy import (
-    SiteAccountant, check_budget, noise_for, privacy_spent, site_engine, steps_per_round,
-)
+from medfed.client.privacy import PrivateTraining
 from medfed.client.segmentation_data import SegmentationImages
 from medfed.models import segmentation
-from medfed.wire import DPSettings, TrainSettings
+from medfed.wire import TrainSettings
 
 PATCH_OVERLAP = 0.25
 
@@ -80,63 +78,48 @@ def _pad_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return nn.functional.pad(x, pads) if any(pads) else x
 
 
-def train_segmentation(model: nn.Module, data: SegmentationImages, s: TrainSettings,
-                       device: torch.device) -> dict[str, float]:
+def train_segmentation(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: torch.device,
+                       private: PrivateTraining | None = None) -> dict[str, float]:
     """Train in place on random patches (``s.steps`` batches, or ``s.epochs`` passes of one
-    patch per image); return the mean loss and counts."""
+    patch per image); return the mean loss and counts. With ``private``, DP-SGD with a
+    patient's image as the unit of privacy, and the privacy spent."""
     generator = training.seed_everything(s.seed)
     patches = Patches(data, s.patch_size, generator, s.contrast)
-    loader = DataLoader(patches, batch_size=s.batch_size, sampler=torch.utils.data.RandomSampler(
-        patches, replacement=True, num_samples=s.batch_size, generator=generator))
-    _, steps = steps_per_round(len(data), s)
-    return _fit(model, loader, None, s, steps, device) | {"num-examples": len(data)}
-
-
-def train_segmentation_private(model: nn.Module, data: SegmentationImages, s: TrainSettings,
-                               dp: DPSettings, accountant: SiteAccountant,
-                               device: torch.device) -> dict[str, float]:
-    """One round of DP-SGD with a patient's image as the unit of privacy."""
-    sample_rate, steps = steps_per_round(len(data), s)
-    noise = noise_for(dp, sample_rate, steps)
-    check_budget(dp, accountant, noise, sample_rate, steps)
-    generator = training.seed_everything(s.seed)
-    patches = Patches(data, s.patch_size, generator, s.contrast)
-    loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
-    engine = site_engine(dp, accountant)
     model.to(device).train()
-    private_model, optimizer, private_loader = engine.make_private(
-        module=model, optimizer=training.make_optimizer(model, s), data_loader=loader,
-        noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
-    )
-    result = _fit(private_model, private_loader, optimizer, s, steps, device)
-    accountant.save(engine.accountant.history)
-    return result | {"num-examples": len(data)} | privacy_spent(accountant, dp, noise, sample_rate)
+    optimizer = training.make_optimizer(model, s)
+    if private is None:
+        loader = DataLoader(patches, batch_size=s.batch_size, sampler=torch.utils.data.RandomSampler(
+            patches, replacement=True, num_samples=s.batch_size, generator=generator))
+        net, batches, steps = model, _repeat(loader), s.planned_steps(len(data))
+    else:
+        loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
+        net, optimizer, loader = private.make_private(model, optimizer, loader)
+        batches, steps = private.batches(loader), private.steps
+    result = _fit(net, batches, optimizer, s, steps, device) | {"num-examples": len(data)}
+    return result | private.spent() if private is not None else result
 
 
-def _fit(model: nn.Module, loader: DataLoader, optimizer, s: TrainSettings, steps: int,
+def _repeat(loader: DataLoader):
+    while True:
+        yield from loader
+
+
+def _fit(model: nn.Module, batches, optimizer, s: TrainSettings, steps: int,
          device: torch.device) -> dict[str, float]:
-    model.to(device).train()
-    optimizer = optimizer or training.make_optimizer(model, s)
     loss_fn = segmentation.loss_function()
-    anchor = [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
+    proximal = training.ProximalStep(model, s)
     total, taken = 0.0, 0
-    while taken < steps:
-        for x, y in loader:
-            if not len(y):  # an empty Poisson batch: no step, and the accountant counts none
-                continue
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            if anchor is not None:  # FedProx as a decoupled proximal step
-                with torch.no_grad():
-                    for p, a in zip(model.parameters(), anchor):
-                        p.sub_(optimizer.param_groups[0]["lr"] * s.proximal_mu * (p - a))
-            total += float(loss.detach())
-            taken += 1
-            if taken >= steps:
-                break
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        proximal()
+        total += float(loss.detach())
+        taken += 1
+        if taken >= steps:
+            break
     return {"train_loss": total / max(taken, 1), "steps": taken}
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medfed.client import training
-from medfed.client.privacy import SiteAccountant, train_private
+from medfed.client.privacy import PrivateTraining, SiteAccountant
 from medfed.wire import DPSettings, TrainSettings
 
 CLASSIFICATION, SEGMENTATION, GAN = "classification", "segmentation", "gan"
@@ -18,20 +18,20 @@ CLASSIFICATION, SEGMENTATION, GAN = "classification", "segmentation", "gan"
 
 def local_train(model: nn.Module, data, s: TrainSettings, device: torch.device,
                 dp: DPSettings | None = None, accountant: SiteAccountant | None = None) -> dict:
-    """One round of local training in place; under DP also the privacy spent."""
+    """One round of local training in place; under DP (``dp`` with the site's
+    ``accountant``: one `PrivateTraining` wrapper around the task's own loop) also the
+    privacy spent. `BudgetExhausted` before anything trains when the round would pass the
+    site's budget."""
+    private = PrivateTraining(dp, accountant, len(data), s) if dp is not None else None
     if s.task == SEGMENTATION:
-        from medfed.client import segmentation_training as seg
+        from medfed.client.segmentation_training import train_segmentation
 
-        if dp is None:
-            return seg.train_segmentation(model, data, s, device)
-        return seg.train_segmentation_private(model, data, s, dp, accountant, device)
+        return train_segmentation(model, data, s, device, private)
     if s.task == GAN:
         from medfed.client.gan_training import train_gan
 
-        return train_gan(model, data, s, device, dp, accountant)
-    if dp is None:
-        return training.train(model, data, s, device)
-    return train_private(model, data, s, dp, accountant, device)
+        return train_gan(model, data, s, device, private)
+    return training.train(model, data, s, device, private)
 
 
 def local_evaluate(model: nn.Module, data, s: TrainSettings, device: torch.device) -> dict:

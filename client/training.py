@@ -9,13 +9,19 @@ from __future__ import annotations
 import random
 from contextlib import nullcontext
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.client.datasets import LabelledImages
 from medfed.models import classification
 from medfed.wire import TrainSettings
+
+if TYPE_CHECKING:
+    from medfed.client.privacy import PrivateTraining
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,52 +75,109 @@ def _autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
+class ProximalStep:
+    """FedProx (Li et al. 2020) the same way in every task's loop: after each optimiser
+    step, ``w -= lr * mu * (w - w_global)``, a decoupled proximal step. It needs no data,
+    so DP-SGD clips and noises nothing of it (it spends no privacy), and a GAN applies it to
+    both of its networks alike. A no-op without ``s.proximal_mu``."""
+
+    def __init__(self, model: nn.Module, s: TrainSettings) -> None:
+        self.mu, self.lr = s.proximal_mu or 0.0, s.lr
+        self.pairs = [(p, p.detach().clone()) for p in model.parameters()] if self.mu else []
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p, anchor in self.pairs:
+            p.sub_(self.lr * self.mu * (p - anchor))
+
+
 def train(
-    model: nn.Module, data: LabelledImages, s: TrainSettings, device: torch.device
+    model: nn.Module, data: LabelledImages, s: TrainSettings, device: torch.device,
+    private: PrivateTraining | None = None,
 ) -> dict[str, float]:
-    """Train in place for ``s.epochs`` epochs (or ``s.steps`` batches); return loss and counts."""
+    """Train in place for ``s.epochs`` epochs (or ``s.steps`` batches); return loss and counts.
+
+    With ``private`` the same loop runs DP-SGD: its wrapper makes the model, optimiser and
+    loader private (Poisson batches, per-example clipping and noise), the loss is taken per
+    example, and the privacy spent is added to the result."""
     generator = seed_everything(s.seed)
     model.to(device).train()
     x_all, y_all = to_tensor(data.images), torch.from_numpy(data.labels)
-    loss_fn = classification.loss_function(
-        s.kind, data.labels if s.class_weighting else None, s.num_classes
-    ).to(device)
+    loss_fn = classification.loss_function(s.kind, data.labels if s.class_weighting else None, s.num_classes)
     optimizer = make_optimizer(model, s)
-    use_amp = s.amp and device.type == "cuda"
+    if private is None:
+        net, batches, planned = model, shuffled(x_all, y_all, s.batch_size, generator), s.planned_steps(len(y_all))
+    else:
+        loader = DataLoader(TensorDataset(x_all, y_all), batch_size=s.batch_size, generator=generator)
+        net, optimizer, loader = private.make_private(model, optimizer, loader)
+        batches, planned, loss_fn = private.batches(loader), private.steps, _per_example(loss_fn, s.kind)
+    loss_fn = loss_fn.to(device)
+    # mixed precision on CUDA; not under DP-SGD, whose per-example clipping works in float32
+    use_amp = s.amp and device.type == "cuda" and private is None
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    anchor = (
-        [p.detach().clone() for p in model.parameters()] if s.proximal_mu else None
-    )
+    proximal = ProximalStep(model, s)
     max_shift = max(1, x_all.shape[-1] // 14)
 
     total_loss, seen, steps = 0.0, 0, 0
-    planned = s.planned_steps(len(y_all))
-    while steps < planned:
+    for x, y in batches:
+        y = classification.targets(s.kind, y)
+        if s.augment:
+            x = random_shift(x, generator, max_shift)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, use_amp):
+            loss = loss_fn(net(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        proximal()
+        total_loss += float(loss.detach()) * len(y)
+        seen += len(y)
+        steps += 1
+        if steps >= planned:
+            break
+    result = {"train_loss": total_loss / max(seen, 1), "num-examples": len(y_all), "steps": steps}
+    return result | private.spent() if private is not None else result
+
+
+def shuffled(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Batches of a fresh random order each epoch, for as long as the caller takes them."""
+    while True:
         order = torch.randperm(len(y_all), generator=generator)
-        for start in range(0, len(order), s.batch_size):
-            index = order[start : start + s.batch_size]
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
             if len(index) < 2 and len(order) > 1:
                 continue  # a batch of one breaks BatchNorm; its sample comes back next epoch
-            x, y = x_all[index], classification.targets(s.kind, y_all[index])
-            if s.augment:
-                x = random_shift(x, generator, max_shift)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, use_amp):
-                loss = loss_fn(model(x), y)
-            if anchor is not None:
-                loss = loss + 0.5 * s.proximal_mu * sum(
-                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor)
-                )
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += float(loss.detach()) * len(index)
-            seen += len(index)
-            steps += 1
-            if steps >= planned:
-                break
-    return {"train_loss": total_loss / max(seen, 1), "num-examples": len(y_all), "steps": steps}
+            yield x_all[index], y_all[index]
+
+
+def _per_example(weighted: nn.Module, kind: str) -> nn.Module:
+    """The task loss as the mean of per-example losses, the form DP-SGD's clipping needs."""
+    if kind == classification.MULTILABEL:
+        return _Mean(nn.BCEWithLogitsLoss(pos_weight=getattr(weighted, "pos_weight", None), reduction="none"))
+    return _Mean(_WeightedCrossEntropy(getattr(weighted, "weight", None)))
+
+
+class _Mean(nn.Module):
+    def __init__(self, per_example: nn.Module) -> None:
+        super().__init__()
+        self.per_example = per_example
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.per_example(logits, target).mean()
+
+
+class _WeightedCrossEntropy(nn.Module):
+    """Cross-entropy per example, times its class weight (a mean over the batch keeps
+    Opacus' "mean" reduction exact, unlike torch's weighted mean)."""
+
+    def __init__(self, weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, target, reduction="none")
+        return loss if self.weight is None else loss * self.weight[target]
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 from conftest import separable_images, train_settings
 from medfed.client.datasets import LabelledImages
 from medfed.client.gan_training import _step, train_gan
-from medfed.client.privacy import BudgetExhausted, SiteAccountant
+from medfed.client.privacy import BudgetExhausted, PrivateTraining, SiteAccountant
 from medfed.models.gan import ConditionalGAN, generate, recalibrate_batchnorm
 from medfed.models.synthesis_metrics import (
     frechet_distance,
@@ -111,7 +111,8 @@ def test_train_gan_without_privacy_updates_both_networks():
 def test_private_round_accounts_like_opacus_and_refuses_past_the_budget(tmp_path):
     gan = _gan()
     accountant = SiteAccountant(tmp_path, "rdp")
-    result = train_gan(gan, _images(), train_settings(epochs=2, lr=2e-4), CPU, _dp(), accountant)
+    s = train_settings(epochs=2, lr=2e-4)
+    result = train_gan(gan, _images(), s, CPU, PrivateTraining(_dp(), accountant, 64, s))
     assert result["steps"] == result["total-steps"] == 8 and result["sample-rate"] == pytest.approx(0.25)
     direct = RDPAccountant()
     direct.history = [(result["noise-multiplier"], result["sample-rate"], result["total-steps"])]
@@ -121,7 +122,7 @@ def test_private_round_accounts_like_opacus_and_refuses_past_the_budget(tmp_path
     assert all(not m._forward_hooks for m in gan.discriminator.modules())
     tight = _dp(max_epsilon=result["epsilon"] * 0.9)
     with pytest.raises(BudgetExhausted, match="privacy budget"):
-        train_gan(gan, _images(), train_settings(epochs=2, lr=2e-4), CPU, tight, accountant)
+        train_gan(gan, _images(), s, CPU, PrivateTraining(tight, accountant, 64, s))
     assert SiteAccountant(tmp_path, "rdp").epsilon(1e-5) == pytest.approx(result["epsilon"])
 
 

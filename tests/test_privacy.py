@@ -7,8 +7,9 @@ from opacus.accountants import RDPAccountant
 
 from conftest import separable_images, train_settings
 from medfed.client.privacy import (
-    BudgetExhausted, SiteAccountant, make_private_model, train_private,
+    BudgetExhausted, SiteAccountant, make_private_model,
 )
+from medfed.client.tasks import local_train
 from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models import build_model
@@ -42,7 +43,7 @@ def _private_round(tmp_path, dp, rounds=1):
     accountant = SiteAccountant(tmp_path, "rdp")
     for r in range(rounds):  # a fresh model each round, as a site builds one per message
         model = make_private_model(build_model("cnn", 1, 2))
-        result = train_private(model, _data(), _settings(seed=r), dp, accountant, torch.device("cpu"))
+        result = local_train(model, _data(), _settings(seed=r), torch.device("cpu"), dp, accountant)
     return result
 
 
@@ -66,7 +67,7 @@ def test_budget_persists_on_disk_and_a_site_refuses_past_it(tmp_path):
     tight = _dp(max_epsilon=first["epsilon"] * 1.2)
     with pytest.raises(BudgetExhausted, match="privacy budget"):
         model = make_private_model(build_model("cnn", 1, 2))
-        train_private(model, _data(), _settings(), tight, again, torch.device("cpu"))
+        local_train(model, _data(), _settings(), torch.device("cpu"), tight, again)
     assert SiteAccountant(tmp_path, "rdp").epsilon(1e-5) == pytest.approx(first["epsilon"])
 
 

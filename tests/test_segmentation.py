@@ -12,9 +12,10 @@ from PIL import Image
 
 from conftest import REPO
 from medfed.client.privacy import SiteAccountant
+from medfed.client.tasks import local_train
 from medfed.client.segmentation_data import SegmentationImages
 from medfed.client.segmentation_training import (
-    Patches, evaluate_segmentation, train_segmentation, train_segmentation_private,
+    Patches, evaluate_segmentation, train_segmentation,
 )
 from medfed.models import segmentation
 from medfed.wire import DPSettings, TrainSettings
@@ -125,8 +126,7 @@ def test_private_training_reports_the_accountants_epsilon(tmp_path):
                     max_grad_norm=1.0, max_epsilon=None)
     torch.manual_seed(0)
     model = segmentation.build_unet("unet", 2, 1, 2, "group")
-    result = train_segmentation_private(model, data, settings(steps=6), dp, SiteAccountant(tmp_path, "rdp"),
-                                        torch.device("cpu"))
+    result = local_train(model, data, settings(steps=6), torch.device("cpu"), dp, SiteAccountant(tmp_path, "rdp"))
     independent = RDPAccountant()
     independent.history = [(1.1, result["sample-rate"], 6)]
     assert result["sample-rate"] == pytest.approx(0.5)  # one over the batches of an epoch: 16 / 8
