@@ -29,7 +29,7 @@ from pathlib import Path
 
 from medfed.client.noise_calibration import calibrated_noise, dp_accounting_epsilon, opacus_epsilon
 from medfed.client.privacy import steps_per_round
-from medfed.client.training import TrainSettings
+from medfed.wire import TrainSettings
 from medfed.config import load_config
 from medfed.simulation.partition import partition
 from medfed.simulation.sources import load_experiment_data

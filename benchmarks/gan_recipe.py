@@ -36,6 +36,7 @@ from medfed.models.synthesis_metrics import (
     save_sample_grid,
     tstr_auc,
 )
+from medfed.wire import TrainSettings
 
 DATA = Path(os.environ.get("MEDFED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
@@ -48,7 +49,7 @@ def feature_classifier(data: LabelledImages, device: torch.device, epochs: int) 
     """A SmallCNN trained on real images: its features define the Fréchet distance."""
     training.seed_everything(0)
     model = build_model("cnn", 1, 2, 28)
-    training.train(model, data, training.TrainSettings("binary", 2, epochs=epochs, batch_size=64), device)
+    training.train(model, data, TrainSettings("binary", 2, epochs=epochs, batch_size=64), device)
     return model
 
 
@@ -84,9 +85,9 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     gan = ConditionalGAN(latent_dim=args.latent, width=args.width)
-    settings = training.TrainSettings("binary", 2, epochs=1, batch_size=args.batch, lr=args.lr,
+    settings = TrainSettings("binary", 2, epochs=1, batch_size=args.batch, lr=args.lr,
                                       augment=not args.no_augment)
-    tstr_settings = training.TrainSettings("binary", 2, epochs=args.tstr_epochs, batch_size=64, seed=args.seed)
+    tstr_settings = TrainSettings("binary", 2, epochs=args.tstr_epochs, batch_size=64, seed=args.seed)
     train_seconds = 0.0
     for epoch in range(1, args.epochs + 1):
         settings.seed = args.seed * 1000 + epoch
