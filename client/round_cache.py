@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
-from medfed.client.audit_log import weights_digest
 from medfed.faults import kill_point
-from medfed.wire import RUN_KEY, SERVER_ROUND
+from medfed.wire import RUN_KEY, SERVER_ROUND, weights_digest
 
 CACHE_DIR = "round_cache"
 REPLY_FILE, PENDING_FILE, LOCK_FILE = "reply.pt", "pending.json", "lock"

@@ -9,7 +9,7 @@ whose epsilon is an upper bound. Every refusal names the round's setting and the
 site's.
 
 `accept_round` is called by a deployed site's controls before any model is built
-(`medfed.client.site_control`), by the ClientApp with the site's spending before it
+(`medfed.client.site_daemon.site_control`), by the ClientApp with the site's spending before it
 trains (`medfed.client.app.train_site`, in simulation as in deployment), and for every
 virtual site before a simulation starts (`medfed.simulation.virtual_sites`).
 """

@@ -4,7 +4,7 @@ A hospital promises its patients a privacy budget at a delta and with an account
 its choosing, and bounds what local training may ask of its machine; none of it may
 come from the coordinator, which could otherwise pick a delta or an accountant that
 makes any epsilon look small. The same dataclasses are SITE.yaml's ``privacy`` and
-``limits`` sections (`medfed.client.site_config`) and each virtual site's terms in a
+``limits`` sections (`medfed.client.site_daemon.site_config`) and each virtual site's terms in a
 simulation (`medfed.simulation.virtual_sites`); `medfed.client.site_policy.accept_round`
 holds every round to them. This module imports nothing heavy, so the experiment
 config's schema can use it too.

@@ -187,7 +187,7 @@ def _defend(args: argparse.Namespace, console: Console) -> int:
 
 
 def _certs(args: argparse.Namespace, console: Console) -> int:
-    from medfed.server.credentials import create_credentials, parse_sites, print_placements
+    from medfed.federation.credentials import create_credentials, parse_sites, print_placements
 
     trial = parse_sites(args.trial_site_keys) if args.trial_site_keys is not None else []
     placements = create_credentials(args.out, args.coordinator_host, args.coordinator_ip, args.days, trial)
@@ -203,15 +203,15 @@ def _certs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _site_keygen(args: argparse.Namespace, console: Console) -> int:
-    from medfed.client.site_keys import create_site_keys, print_site_keys
+    from medfed.client.site_daemon.site_keys import create_site_keys, print_site_keys
 
     print_site_keys(create_site_keys(args.name, args.out), console)
     return 0
 
 
 def _site_check(args: argparse.Namespace, console: Console) -> int:
-    from medfed.client.site_check import REPORT_FILE, check_site, print_report, save_report
-    from medfed.client.site_config import load_site_config
+    from medfed.client.site_daemon.site_check import REPORT_FILE, check_site, print_report, save_report
+    from medfed.client.site_daemon.site_config import load_site_config
 
     cfg = load_site_config(args.config)
     report = check_site(cfg)
@@ -223,14 +223,14 @@ def _site_check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _site_start(args: argparse.Namespace, console: Console) -> int:
-    from medfed.client.supernode import run_site
+    from medfed.client.site_daemon.supernode import run_site
 
     return run_site(args.config, console, args.runtime_port, args.max_retries, args.max_wait_time)
 
 
 def _site_audit_verify(args: argparse.Namespace, console: Console) -> int:
-    from medfed.client.audit_log import verify_audit_log
-    from medfed.client.site_config import load_site_config
+    from medfed.client.site_daemon.audit_log import verify_audit_log
+    from medfed.client.site_daemon.site_config import load_site_config
 
     path = load_site_config(args.config).audit_log
     count = verify_audit_log(path)  # a broken chain is a MedfedError: exit code 2
@@ -240,10 +240,10 @@ def _site_audit_verify(args: argparse.Namespace, console: Console) -> int:
 
 
 def _server(args: argparse.Namespace, console: Console) -> int:
-    from medfed.server.coordinator import StartOptions, start_federation, stop_federation
+    from medfed.server.coordinator.start import StartOptions, start_federation, stop_federation
 
     if args.server_command == "status":
-        from medfed.server.coordinator_status import federation_status
+        from medfed.server.coordinator.status import federation_status
 
         federation_status(args.state, console)
         return 0

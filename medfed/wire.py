@@ -15,6 +15,7 @@ left out of the record (Flower's records hold no None), never sent as a stand-in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -187,3 +188,16 @@ class DPSettings:
     @staticmethod
     def from_config(config) -> DPSettings:
         return from_config(DPSettings, config)
+
+
+# ---- the weights' identity ---------------------------------------------------------------------------
+
+
+def weights_digest(record) -> str:
+    """SHA-256 over the arrays' names, types, shapes and bytes, in order: the same weights
+    give the same digest at the site and at the coordinator."""
+    digest = hashlib.sha256()
+    for name, array in record.items():
+        digest.update(f"{name}\0{array.dtype}\0{tuple(array.shape)}\0".encode())
+        digest.update(array.data)
+    return digest.hexdigest()

@@ -16,15 +16,16 @@ from pathlib import Path
 
 
 def source_modules(repo: Path) -> set[str]:
-    """Every module of the source tree, by its import name (through pyproject's package-dir)."""
+    """Every module of the source tree, sub-packages' included, by its import name (through
+    pyproject's package-dir)."""
     folders = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     modules = set()
     for package, folder in folders.items():
-        for path in (repo / folder).glob("*.py"):
-            modules.add(package if path.stem == "__init__" else f"{package}.{path.stem}")
-        for sub in (repo / folder).iterdir():  # a sub-package pyproject does not list
-            if (sub / "__init__.py").is_file() and f"{package}.{sub.name}" not in folders:
-                modules.add(f"{package}.{sub.name}")
+        root = repo / folder
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            if all((root.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts))):
+                modules.add(".".join([package, *parts]).removesuffix(".__init__"))
     return modules
 
 

@@ -1,1 +1,2 @@
-"""The coordinator: ServerApp, round loop, checkpoints and run outputs."""
+"""The ServerApp (simulation and deployment alike): round loop, checkpoints, run outputs, the
+server's scoring. The coordinator's processes are `medfed.server.coordinator`."""

@@ -23,12 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from medfed.config import ExperimentConfig, _explain, as_dict, to_yaml, validate
 from medfed.errors import ConfigError
+from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SITES_KEY, WAIT_KEY
 
-CONFIG_KEY = "experiment-config"  # the experiment's YAML, as text
-OUTPUT_KEY = "output-dir"  # the run folder on the coordinator
-SITES_KEY = "site-nodes"  # registered sites: "NODE_ID=NAME,..."
-WAIT_KEY = "wait-for-sites"  # seconds to wait for every registered site before round 1
-RESUME_KEY = "resume"  # continue from the run folder's checkpoint
 SITES_FILE, FAILED_FILE = "sites.json", "failed.json"
 log = logging.getLogger("medfed.server")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medfed.demo_shards import write_shards
-from medfed.server import processes
+from medfed.federation import processes
 
 
 def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,13 +18,13 @@ from flwr.common.config import flatten_dict, get_fab_config
 
 from deployment_helpers import site_yaml, substitute_app
 from medfed.app_signature import SIGNATURE_FILE, sign_app
-from medfed.client.app_check import AppRefused, check_app
-from medfed.client.app_process import admit
-from medfed.client.audit_log import read_audit_log, verify_audit_log
-from medfed.server.credentials import (
+from medfed.client.site_daemon.app_check import AppRefused, check_app
+from medfed.client.site_daemon.app_process import admit
+from medfed.client.site_daemon.audit_log import read_audit_log, verify_audit_log
+from medfed.federation.credentials import (
     APP_SIGNING_KEY, TRUSTED_ENTITIES, create_credentials, load_app_signing_key, load_trusted_entities,
 )
-from medfed.server.flower_app import write_app
+from medfed.federation.flower_app import write_app
 
 EVIL_CLIENT = """\
 from pathlib import Path
@@ -70,8 +70,9 @@ def test_medfeds_own_signed_app_is_accepted(tmp_path, federation):
     (("evil.server:app", "evil.client:app"), {"evil/__init__.py": "", "evil/client.py": EVIL_CLIENT},
      "holds files medfed's app never has"),
     # medfed's own component names, with a medfed/ folder that would shadow the installed package
-    (("medfed.server.deployed:app", "medfed.client.deployed:app"),
-     {"medfed/__init__.py": "", "medfed/client/__init__.py": "", "medfed/client/deployed.py": EVIL_CLIENT},
+    (("medfed.server.deployed:app", "medfed.client.site_daemon.deployed:app"),
+     {"medfed/__init__.py": "", "medfed/client/__init__.py": "", "medfed/client/site_daemon/__init__.py": "",
+      "medfed/client/site_daemon/deployed.py": EVIL_CLIENT},
      "holds files medfed's app never has"),
     (("evil.server:app", "evil.client:app"), {}, "components"),
 ])

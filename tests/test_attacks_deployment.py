@@ -32,7 +32,7 @@ from conftest import pneumonia_or_skip
 from deployment_helpers import (
     Procs, experiment_yaml, free_port, shards, site_yaml, substitute_app, trial_credentials, until,
 )
-from medfed.client.audit_log import read_audit_log
+from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.wire import APP_REFUSED
 
 pytestmark = pytest.mark.deployment

@@ -15,10 +15,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from deployment_helpers import site_npz
 from medfed.cli import EXIT_BAD_INPUT, main
-from medfed.client.audit_log import (
-    FIELDS, GENESIS, IN, OUT, AuditLog, entry_hash, read_audit_log, verify_audit_log, weights_digest,
+from medfed.client.site_daemon.audit_log import (
+    FIELDS, GENESIS, IN, OUT, AuditLog, entry_hash, read_audit_log, verify_audit_log,
 )
 from medfed.errors import MedfedError
+from medfed.wire import weights_digest
 
 N = 10  # entries in the log of most tests
 

@@ -20,17 +20,17 @@ from conftest import pneumonia_or_skip
 from deployment_helpers import (
     Procs, experiment_yaml, free_port, shards, site_yaml, synthetic_images, trial_credentials, until,
 )
-from medfed.client.audit_log import FIELDS, read_audit_log, weights_digest
-from medfed.client.message_checks import (
+from medfed.client.site_daemon.audit_log import FIELDS, read_audit_log
+from medfed.client.site_daemon.message_checks import (
     HISTOGRAM_BINS, ReplyWithheld, check_reply, model_layout,
 )
-from medfed.client.site_config import load_site_config
-from medfed.client.site_control import SiteControl
+from medfed.client.site_daemon.site_config import load_site_config
+from medfed.client.site_daemon.site_control import SiteControl
 from medfed.config import load_config
 from medfed.errors import MedfedError
-from medfed.wire import BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED
-from medfed.server import processes
-from medfed.server.credentials import create_credentials
+from medfed.wire import BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED, weights_digest
+from medfed.federation import processes
+from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
@@ -115,7 +115,7 @@ def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, pol
 def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
     """The site's terms allow the round, but the site has already spent most of its
     budget in earlier rounds (its accountant's file in state_dir): this round is refused."""
-    from medfed.client.deployed import app
+    from medfed.client.site_daemon.deployed import app
     from medfed.client.privacy import SiteAccountant
 
     site = site_yaml(tmp_path / "north", creds, extra="privacy: {max_epsilon: 5.0, delta: 0.001}\n")
@@ -134,7 +134,7 @@ def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
 
 
 def test_audit_log_records_each_message_and_replies_carry_only_weights_and_metrics(site):
-    from medfed.client.deployed import app
+    from medfed.client.site_daemon.deployed import app
 
     config, arrays, spec = _round()
     train = app(_message(config, arrays), _context(site))
@@ -199,7 +199,7 @@ def test_a_reply_with_more_than_weights_and_declared_metrics_is_withheld(site, l
 
 
 def test_every_metric_a_task_produces_is_declared():
-    from medfed.client.message_checks import VALIDATION_METRICS
+    from medfed.client.site_daemon.message_checks import VALIDATION_METRICS
     from medfed.models import classification, segmentation
 
     rng = np.random.default_rng(0)
@@ -230,7 +230,7 @@ def _malformed(config: dict, arrays: ArrayRecord) -> dict[str, Message]:
 
 
 def test_malformed_messages_are_logged_and_refused_without_crashing(site):
-    from medfed.client.deployed import app
+    from medfed.client.site_daemon.deployed import app
 
     config, arrays, _ = _round()
     for what, msg in _malformed(config, arrays).items():
@@ -248,7 +248,7 @@ def test_malformed_messages_are_logged_and_refused_without_crashing(site):
 
 
 def test_a_supernode_without_a_site_config_answers_with_an_error(tmp_path):
-    from medfed.client.deployed import app
+    from medfed.client.site_daemon.deployed import app
 
     config, arrays, _ = _round()
     context = Context(run_id=11, node_id=2, node_config={}, state=RecordDict(), run_config={})
@@ -269,7 +269,7 @@ class LoopbackGrid:
         return list(self.sites)
 
     def send_and_receive(self, messages, *, timeout=None):
-        from medfed.client.deployed import app
+        from medfed.client.site_daemon.deployed import app
 
         return [app(msg, _context(self.sites[msg.metadata.dst_node_id])) for msg in messages]
 
@@ -299,7 +299,7 @@ def coordinator_data(tmp_path) -> Path:
 
 
 def _run_config(tmp_path: Path, coordinator: Path, overrides=()) -> dict:
-    from medfed.server.deployed import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
+    from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
 
     from medfed.config import to_yaml
 
@@ -327,7 +327,7 @@ def test_deployed_server_app_runs_its_rounds_and_names_sites_by_their_keys(tmp_p
 
 def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, coordinator_data, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
-    from medfed.server.coordinator import follow_run
+    from medfed.server.coordinator.start import follow_run
     from medfed.server.deployed import FAILED_FILE, run_deployed
     from medfed.server.rounds import RoundFailed
 
@@ -350,7 +350,7 @@ def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, 
 def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
     from flwr.cli.config_utils import load_and_validate
     from medfed.server.deployed import experiment_from
-    from medfed.server.flower_app import write_app
+    from medfed.federation.flower_app import write_app
 
     from medfed.config import to_yaml
 
@@ -359,7 +359,7 @@ def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
     path = write_app(tmp_path / "app", cfg.name, to_yaml(cfg), tmp_path / "out", "1=a,2=b", 30.0, False)
     config, _ = load_and_validate(path)
     assert config["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "medfed.server.deployed:app", "clientapp": "medfed.client.deployed:app"}
+        "serverapp": "medfed.server.deployed:app", "clientapp": "medfed.client.site_daemon.deployed:app"}
     assert to_yaml(experiment_from(config["tool"]["flwr"]["app"]["config"])) == to_yaml(cfg)
 
 
@@ -430,7 +430,7 @@ def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tm
 
 def test_server_start_without_nginx_stops_before_starting_anything(cli, capsys, tmp_path, coordinator_data,
                                                                     monkeypatch):
-    from medfed.server import fleet_proxy
+    from medfed.server.coordinator.start import fleet_proxy
 
     create_credentials(tmp_path / "creds", "localhost", [], trial_sites=["north"])
     config = tmp_path / "exp.yaml"

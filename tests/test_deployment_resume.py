@@ -12,10 +12,10 @@ import pytest
 
 from conftest import pneumonia_or_skip
 from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, until
-from medfed.client.audit_log import read_audit_log
+from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.client.privacy import SiteAccountant
 from medfed.faults import KILL_AT
-from medfed.server import processes
+from medfed.federation import processes
 
 # DP-SGD at every site, one step per round at a fixed noise: epsilon is known in advance
 PRIVACY = "privacy: {mechanism: sample, target_epsilon: null, noise_multiplier: 1.0, delta: 1.0e-3}\n"

@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import pneumonia_or_skip
 from medfed.errors import MedfedError
-from medfed.server import credentials
-from medfed.server.credentials import check_certificate, create_credentials
+from medfed.federation import credentials
+from medfed.federation.credentials import check_certificate, create_credentials
 
 PHI_VALUES = ("CompressedSamples", "1CT1", "JFK IMAGING", "ABCD1234")
 
@@ -295,7 +295,7 @@ def test_insecure_server_only_on_loopback(cli, capsys, tmp_path):
     ("localhost.example.org", False),
 ])
 def test_check_insecure_host(host, ok):
-    from medfed.server.coordinator import check_insecure_host
+    from medfed.server.coordinator.start import check_insecure_host
 
     if ok:
         check_insecure_host(host)

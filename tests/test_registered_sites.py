@@ -18,7 +18,7 @@ from rich.console import Console
 
 from deployment_helpers import synthetic_images
 from medfed.config import load_config, to_yaml
-from medfed.server import flwr_cli, processes
+from medfed.federation import flwr_cli, processes
 from medfed.server.site_names import NOT_REGISTERED, NamedSites, NotRegistered
 
 SOUTH, NORTH, ROGUE = 101, 102, 666
@@ -89,7 +89,8 @@ def identity(monkeypatch):
 
 def _run(tmp_path: Path, site_nodes: str, *overrides: str) -> tuple[dict, list[dict], dict, RogueGrid]:
     """A deployed run on a RogueGrid: its summary, metrics rows, final weights and the grid."""
-    from medfed.server.deployed import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY, run_deployed
+    from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
+    from medfed.server.deployed import run_deployed
 
     (ti, tl), (vi, vl), (si, sl) = synthetic_images(32, 5), synthetic_images(8, 6), synthetic_images(24, 7)
     data = tmp_path / "coordinator"
@@ -155,7 +156,7 @@ def test_a_message_for_an_unregistered_node_is_refused(identity):
 
 
 def test_server_status_marks_a_node_that_is_not_a_registered_site():
-    from medfed.server.coordinator_status import INTRUDER, _sites
+    from medfed.server.coordinator.status import INTRUDER, _sites
 
     nodes = [{"node-id": str(NORTH), "status": "online", "online-at": "t"},
              {"node-id": str(ROGUE), "status": "online", "online-at": "t"}]
@@ -175,7 +176,7 @@ def test_unregister_node_calls_flwr_supernode_unregister(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("insecure", [False, True])
 def test_server_start_unregisters_intruders_while_it_follows_the_run(monkeypatch, tmp_path, insecure):
-    from medfed.server import coordinator
+    from medfed.server.coordinator.start import start as coordinator
 
     out = tmp_path / "run"
     out.mkdir()

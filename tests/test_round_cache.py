@@ -12,14 +12,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from deployment_helpers import site_npz
 from medfed.client import app as client_app
 from medfed.client import round_cache
-from medfed.client.audit_log import weights_digest
 from medfed.client.datasets import read_npz_split
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant
 from medfed.client.round_cache import RoundCache, round_key
-from medfed.wire import RUN_KEY
 from medfed.client.site import Site
 from medfed.config import load_config
 from medfed.server.plan import initial_weights, model_spec, round_config
+from medfed.wire import RUN_KEY, weights_digest
 
 STEPS = 2  # DP-SGD steps per round
 DP_ROUND = ["model.name=cnn", f"train.local_steps={STEPS}", "train.batch_size=8", "train.device=cpu", "train.amp=false",

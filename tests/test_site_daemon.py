@@ -7,8 +7,8 @@ import sys
 
 from rich.console import Console
 
-from medfed.client.supernode import _supervise, supernode_args
-from medfed.server.processes import alive, spawn, track
+from medfed.client.site_daemon.supernode import _supervise, supernode_args
+from medfed.federation.processes import alive, spawn, track
 
 
 def test_the_supernode_starts_no_app_process_of_its_own(tmp_path):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medfed.errors import MedfedError
-from medfed.server.credentials import (
+from medfed.federation.credentials import (
     APP_SIGNING_KEY,
     TRUSTED_ENTITIES,
     create_credentials,

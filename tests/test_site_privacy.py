@@ -26,13 +26,13 @@ from opacus.accountants import RDPAccountant
 
 from conftest import FAST, REPO
 from deployment_helpers import site_yaml
-from medfed.client.audit_log import read_audit_log
+from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant, history_epsilon
 from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.config import load_config
 from medfed.wire import BUDGET_EXHAUSTED, POLICY_REFUSED
-from medfed.server.credentials import create_credentials
+from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
@@ -67,7 +67,7 @@ def _round(*overrides: str, **edits) -> tuple[dict, ArrayRecord]:
 
 
 def _send(site: Path, config: dict, arrays: ArrayRecord, app=None) -> Message:
-    from medfed.client.deployed import app as deployed
+    from medfed.client.site_daemon.deployed import app as deployed
 
     metadata = Metadata(run_id=11, message_id=f"m-{time.monotonic_ns()}", src_node_id=1, dst_node_id=2,
                         reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600,

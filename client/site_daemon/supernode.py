@@ -7,7 +7,7 @@ the coordinator's name resolves, and, when the coordinator answers, that its TLS
 certificate is valid for that name and signed by ``coordinator.ca_cert``.
 
 The SuperNode runs with ``--isolation process``: it never starts app processes itself.
-Beside it, medfed's launcher (`medfed.client.app_launcher`) takes each ClientApp task and
+Beside it, medfed's launcher (`medfed.client.site_daemon.app_launcher`) takes each ClientApp task and
 runs medfed's installed ClientApp once the run's app has passed the site's check; it is
 started again if it ever stops.
 
@@ -33,10 +33,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
-from medfed.client.deployed_site import SITE_CONFIG_KEY
+from medfed.client.site_daemon.deployed_site import SITE_CONFIG_KEY
 from medfed.errors import MedfedError
-from medfed.server.flwr_cli import toml_string
-from medfed.server.processes import Tracked, alive, command, flower_env, spawn, stop, track
+from medfed.federation.flwr_cli import toml_string
+from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
 
 NODE_CONFIG_FILE = "supernode-node-config.toml"
 DEFAULT_RUNTIME_PORT = 9094
@@ -124,7 +124,7 @@ def _raise_stop(signum, frame) -> None:
 def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNTIME_PORT,
              max_retries: int | None = None, max_wait_time: float | None = None) -> int:
     """Run the site's SuperNode until stopped; the exit code for the shell."""
-    from medfed.client.site_config import load_site_config
+    from medfed.client.site_daemon.site_config import load_site_config
 
     cfg = load_site_config(site_yaml)
     if cfg.insecure:
@@ -166,8 +166,8 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
 
 
 def _start_launcher(runtime_port: int, site_yaml: Path, env: dict[str, str]) -> Tracked:
-    """medfed's ClientApp launcher (`medfed.client.app_launcher`), beside the SuperNode."""
-    process = spawn([sys.executable, "-m", "medfed.client.app_launcher", "--runtime-api-address",
+    """medfed's ClientApp launcher (`medfed.client.site_daemon.app_launcher`), beside the SuperNode."""
+    process = spawn([sys.executable, "-m", "medfed.client.site_daemon.app_launcher", "--runtime-api-address",
                      f"127.0.0.1:{runtime_port}", "--site-config", str(site_yaml.resolve())], None, env)
     return track(process.pid, "medfed app launcher")
 

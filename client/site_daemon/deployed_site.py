@@ -23,7 +23,7 @@ SITE_CONFIG_KEY = "site-config"  # node_config entry: the path of SITE.yaml
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> DictConfig:
-    from medfed.client.site_config import load_site_config
+    from medfed.client.site_daemon.site_config import load_site_config
 
     return load_site_config(path)
 
@@ -45,14 +45,14 @@ def name_index(name: str) -> int:
 
 @lru_cache(maxsize=4)
 def _data(path: str) -> tuple:
-    from medfed.client.site_config import read_site_data
+    from medfed.client.site_daemon.site_config import read_site_data
 
     return read_site_data(_load(path))
 
 
 def locate_deployed_site(node_config) -> Site:
     """The site this SuperNode serves, with the terms of its SITE.yaml."""
-    from medfed.client.site_config import site_terms
+    from medfed.client.site_daemon.site_config import site_terms
 
     cfg = site_config_from(node_config)
     train, val = _data(node_config[SITE_CONFIG_KEY])

@@ -3,7 +3,7 @@
 ``start`` checks everything it can before starting anything (config, run folder,
 certificates, site keys, port), then starts ``flower-superlink`` on loopback with TLS and
 SuperNode authentication, nginx on ``--host``/``--port`` in front of it forwarding only the
-sites' Fleet API (`medfed.server.fleet_proxy`), registers each site's public key, submits
+sites' Fleet API (`medfed.server.coordinator.fleet_proxy`), registers each site's public key, submits
 medfed's Flower app as a run
 and follows it in the foreground until it ends. However it ends (finished, failed,
 Ctrl-C, SIGTERM, ``medfed server stop``) every process it started is stopped and the
@@ -27,9 +27,9 @@ from rich.console import Console
 
 from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.errors import ConfigError, MedfedError
-from medfed.server import flwr_cli
-from medfed.server.federation_state import forget, read_state, running, state_path, tracked, write_state
-from medfed.server.processes import Tracked, alive, command, flower_env, spawn, stop, track
+from medfed.federation import flwr_cli
+from medfed.server.coordinator.state import forget, read_state, running, state_path, tracked, write_state
+from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
 
 SUPERLINK_LOG = "superlink.log"
 READY_TIMEOUT = 60.0
@@ -88,7 +88,7 @@ def check_output(out: Path, resume: bool, cfg: DictConfig) -> None:
 
 def tls_files(certs: Path) -> tuple[Path, Path, Path]:
     """``ca.crt``, ``server.pem`` and ``server.key`` from ``--certs``, the certificate checked."""
-    from medfed.server.credentials import (
+    from medfed.federation.credentials import (
         CA_CERT,
         SERVER_CERT,
         SERVER_KEY,
@@ -105,7 +105,7 @@ def tls_files(certs: Path) -> tuple[Path, Path, Path]:
 
 def app_signer(certs: Path) -> tuple:
     """The federation's app-signing key from ``--certs``: (key id, key)."""
-    from medfed.server.credentials import APP_SIGNING_KEY, load_app_signing_key
+    from medfed.federation.credentials import APP_SIGNING_KEY, load_app_signing_key
 
     path = Path(certs) / APP_SIGNING_KEY
     if not path.is_file():
@@ -116,7 +116,7 @@ def app_signer(certs: Path) -> tuple:
 
 def site_public_keys(folder: Path) -> dict[str, Path]:
     """``SITE -> SITE.pub`` for every public key in ``folder``, each checked."""
-    from medfed.server.credentials import load_node_public_key
+    from medfed.federation.credentials import load_node_public_key
 
     if not Path(folder).is_dir():
         raise MedfedError(f"--sites-keys: folder not found: {folder}")
@@ -148,7 +148,7 @@ def local_address(host: str, port: int) -> str:
 
 def superlink_args(port: int, tls: tuple[Path, Path, Path] | None) -> list[str]:
     """The SuperLink on loopback only: its Control API must not be reachable from the network
-    (`medfed.server.fleet_proxy` forwards the sites' Fleet API to it)."""
+    (`medfed.server.coordinator.fleet_proxy` forwards the sites' Fleet API to it)."""
     args = [command("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
             "--disable-runtime-dependency-installation"]  # medfed is installed; never fetch packages
     if tls is None:
@@ -174,7 +174,7 @@ def wait_until_listening(process: Tracked, address: str, log_file: Path) -> None
 
 def start_proxy(opts: StartOptions, state_dir: Path, superlink_port: int, tls) -> Tracked:
     """nginx on ``--host``/``--port``, forwarding the sites' Fleet API to the SuperLink."""
-    from medfed.server.fleet_proxy import PROXY_DIR, proxy_args, write_proxy_config
+    from medfed.server.coordinator.fleet_proxy import PROXY_DIR, proxy_args, write_proxy_config
 
     config = write_proxy_config(state_dir, opts.host, opts.port, superlink_port, tls)
     process = spawn(proxy_args(config), state_dir / PROXY_DIR / "nginx.out", flower_env())
@@ -201,7 +201,7 @@ def _raise_stop(signum, frame) -> None:
 def check_insecure_host(host: str) -> None:
     """``--insecure`` listens without TLS or site keys: anyone who reaches it can join and read
     the model, so it may listen on this machine's loopback only (nothing is resolved)."""
-    from medfed.server.credentials import is_loopback
+    from medfed.federation.credentials import is_loopback
 
     if not is_loopback(host):
         raise MedfedError(f"--insecure: --host {host} is not a loopback address; without TLS and site keys only "
@@ -224,7 +224,7 @@ def start_federation(opts: StartOptions, console: Console) -> int:
         raise MedfedError(f"a federation is already running from {state_dir}; "
                           f"'medfed server stop --state {opts.state_dir}' first")
     check_port(opts.host, opts.port)
-    from medfed.server.fleet_proxy import free_loopback_port, nginx_binary
+    from medfed.server.coordinator.fleet_proxy import free_loopback_port, nginx_binary
 
     nginx_binary()  # a missing nginx stops here, before anything is written or started
     if opts.insecure:
@@ -274,7 +274,7 @@ def start_federation(opts: StartOptions, console: Console) -> int:
 
 def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemons: list[Tracked], signer,
          console: Console) -> int:
-    from medfed.server.flower_app import write_app
+    from medfed.federation.flower_app import write_app
     from medfed.server.site_names import format_site_nodes
 
     from medfed.config import to_yaml

@@ -22,7 +22,7 @@ What flwr 1.42 reads (``flwr/superlink/cli/flower_superlink.py``,
   derived from the private one. A SuperNode whose key is not registered is turned away.
 - ``trusted-entities.yaml``: a YAML mapping of key id to an OpenSSH ``ssh-ed25519`` public
   key line (the format of Flower's ``--trusted-entities``); a site runs a run only when its
-  app carries a signature by one of these keys (`medfed.client.app_check`).
+  app carries a signature by one of these keys (`medfed.client.site_daemon.app_check`).
 
 Node and TLS keys are ECDSA on SECP384R1; the app-signing key is Ed25519 (Flower verifies
 apps with Ed25519 only). Private keys are created with mode 0600 by ``os.open``, so they

@@ -3,13 +3,13 @@
 Flower's ``flwr-clientapp`` installs the run's FAB and imports the code it names (with
 the FAB's folder first on ``sys.path``) before any hook of the app could look at it, so a
 coordinator, or whoever submits a run, could run its own code beside the site's data.
-medfed's site daemon starts this process instead (`medfed.client.app_launcher`). It pulls
+medfed's site daemon starts this process instead (`medfed.client.site_daemon.app_launcher`). It pulls
 the task from the SuperNode as ``flwr-clientapp`` does (Flower's own functions), then
 
-1. checks the FAB (`medfed.client.app_check`) against the site's trusted entities and
+1. checks the FAB (`medfed.client.site_daemon.app_check`) against the site's trusted entities and
    writes the verdict, with the run id and the hashes of the FAB and of the run config, to
    the site's audit log;
-2. runs medfed's installed ClientApp (`medfed.client.deployed.app`) on the message when the
+2. runs medfed's installed ClientApp (`medfed.client.site_daemon.deployed.app`) on the message when the
    app is accepted, or answers with an error when it is not. Nothing of the FAB is ever
    installed or imported.
 """
@@ -28,8 +28,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from medfed.client.app_check import AppRefused, CheckedApp, check_app, run_config_digest
-from medfed.client.deployed_site import SITE_CONFIG_KEY
+from medfed.client.site_daemon.app_check import AppRefused, CheckedApp, check_app, run_config_digest
+from medfed.client.site_daemon.deployed_site import SITE_CONFIG_KEY
 from medfed.wire import APP_REFUSED
 
 log = logging.getLogger("medfed.site")
@@ -38,7 +38,7 @@ log = logging.getLogger("medfed.site")
 def trusted_entities(cfg) -> dict | None:
     if not cfg.coordinator.get("trusted_entities"):
         return None  # an insecure trial: site_config allows this on loopback only
-    from medfed.server.credentials import load_trusted_entities
+    from medfed.federation.credentials import load_trusted_entities
 
     return load_trusted_entities(cfg.coordinator.trusted_entities)
 
@@ -46,8 +46,8 @@ def trusted_entities(cfg) -> dict | None:
 def admit(message: Message, context, run, fab, site_yaml: str) -> tuple[CheckedApp | None, str | None]:
     """Check the task's app for the site of ``site_yaml``: (checked app, None) or (None, reason).
     Either way the audit log has the verdict first; an unwritable log refuses the task."""
-    from medfed.client.audit_log import AuditLog
-    from medfed.client.site_config import load_site_config
+    from medfed.client.site_daemon.audit_log import AuditLog
+    from medfed.client.site_daemon.site_config import load_site_config
 
     cfg = load_site_config(site_yaml)
     audit = AuditLog(cfg.audit_log, cfg.name)
@@ -83,7 +83,7 @@ def run_task(client: RuntimeHttpClient, site_yaml: str) -> int:
             reply = Message(Error(code=APP_REFUSED, reason=reason), reply_to=message)
             details = reason
         else:
-            from medfed.client.deployed import app  # medfed's installed ClientApp, never the FAB's
+            from medfed.client.site_daemon.deployed import app  # medfed's installed ClientApp, never the FAB's
 
             reply = app(message=message, context=context)
             status, details, code = SubStatus.COMPLETED, "", 0

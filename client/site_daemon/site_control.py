@@ -19,9 +19,9 @@ import logging
 from flwr.app import Context, Error, Message
 from omegaconf import DictConfig
 
-from medfed.client.audit_log import IN, OUT, AuditLog, round_of
-from medfed.client.deployed_site import locate_deployed_site, site_config_from
-from medfed.client.message_checks import (
+from medfed.client.site_daemon.audit_log import IN, OUT, AuditLog, round_of
+from medfed.client.site_daemon.deployed_site import locate_deployed_site, site_config_from
+from medfed.client.site_daemon.message_checks import (
     MalformedMessage, ReplyWithheld, check_incoming, check_reply, check_weights,
 )
 from medfed.client.site_policy import accept_round

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from medfed.errors import MedfedError
-from medfed.server.processes import command, flower_env
+from medfed.federation.processes import command, flower_env
 
 CONNECTION = "medfed"
 CALL_TIMEOUT = 120.0

@@ -29,11 +29,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from medfed.errors import MedfedError
-from medfed.wire import SERVER_ROUND
+from medfed.wire import SERVER_ROUND, weights_digest
 
 IN, OUT, SITE = "in", "out", "site"
 CHAIN = ("seq", "prev", "hash")
@@ -44,16 +44,6 @@ GENESIS = "0" * 64  # the `prev` of the first entry
 # The entry an append writes first when the head file disagrees with the log: the
 # disagreement stays in the chain, so the verifier reports it even after the head moves on.
 HEAD_MISMATCH = ("audit", "head-mismatch")
-
-
-def weights_digest(record: ArrayRecord) -> str:
-    """SHA-256 over the arrays' names, types, shapes and bytes, in order: the same weights
-    give the same digest at the site and at the coordinator."""
-    digest = hashlib.sha256()
-    for name, array in record.items():
-        digest.update(f"{name}\0{array.dtype}\0{tuple(array.shape)}\0".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
 
 
 def message_bytes(msg: Message) -> int:

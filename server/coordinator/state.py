@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from medfed.errors import MedfedError
-from medfed.server.processes import Tracked, alive
+from medfed.federation.processes import Tracked, alive
 
 STATE_FILE = "state.json"
 DEFAULT_STATE_DIR = Path("medfed-server")

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from medfed.errors import MedfedError
-from medfed.server import flwr_cli
-from medfed.server.coordinator import read_rounds
-from medfed.server.federation_state import read_state, tracked
-from medfed.server.processes import alive
+from medfed.federation import flwr_cli
+from medfed.server.coordinator.start import read_rounds
+from medfed.server.coordinator.state import read_state, tracked
+from medfed.federation.processes import alive
 
 
 def federation_status(state_dir: Path, console: Console) -> dict:

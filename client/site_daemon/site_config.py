@@ -137,7 +137,7 @@ def _validate_data(d: DictConfig, check) -> None:
 
 
 def _validate_coordinator(cfg: DictConfig, check) -> None:
-    from medfed.server.credentials import (
+    from medfed.federation.credentials import (
         is_loopback,
         load_node_private_key,
         load_node_public_key,

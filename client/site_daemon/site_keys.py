@@ -3,7 +3,7 @@
 The private key is what proves to the coordinator that a SuperNode is this site, so it is
 made where it is used and never travels; only the public half goes to the coordinator,
 which registers it (``flwr supernode register``). The files are those of
-``medfed.server.credentials.node_key_files``, the formats Flower reads, written with the
+``medfed.federation.credentials.node_key_files``, the formats Flower reads, written with the
 same guarantees as ``medfed certs`` (mode 0600 from the first byte, nothing overwritten).
 The key's fingerprint lets the coordinator confirm, over another channel (a phone call),
 that the public key it received is the one the site made.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from medfed.server.credentials import CURVE, check_site_names, node_key_files, ssh_fingerprint, write_new_files
+from medfed.federation.credentials import CURVE, check_site_names, node_key_files, ssh_fingerprint, write_new_files
 
 
 @dataclass(frozen=True)

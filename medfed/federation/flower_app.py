@@ -2,7 +2,7 @@
 
 It holds a single ``pyproject.toml``: medfed is installed on the coordinator and at every
 site, so the app only names its components (``medfed.server.deployed:app``,
-``medfed.client.deployed:app``) and carries the run config: the experiment as YAML,
+``medfed.client.site_daemon.deployed:app``) and carries the run config: the experiment as YAML,
 the run folder and the registered sites. Every SuperNode receives the FAB, so the
 experiment config is visible to the sites; it holds settings, never data.
 """
@@ -14,11 +14,17 @@ from pathlib import Path
 
 import medfed
 from medfed.errors import MedfedError
-from medfed.server.deployed import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SITES_KEY, WAIT_KEY
-from medfed.server.flwr_cli import toml_string
+from medfed.federation.flwr_cli import toml_string
+
+# the app's run config, read by the deployed ServerApp and checked by every site
+CONFIG_KEY = "experiment-config"  # the experiment's YAML, as text
+OUTPUT_KEY = "output-dir"  # the run folder on the coordinator
+SITES_KEY = "site-nodes"  # registered sites: "NODE_ID=NAME,..."
+WAIT_KEY = "wait-for-sites"  # seconds to wait for every registered site before round 1
+RESUME_KEY = "resume"  # continue from the run folder's checkpoint
 
 SERVER_APP = "medfed.server.deployed:app"
-CLIENT_APP = "medfed.client.deployed:app"
+CLIENT_APP = "medfed.client.site_daemon.deployed:app"
 PUBLISHER = "medfed"
 
 

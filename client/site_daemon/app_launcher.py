@@ -4,7 +4,7 @@
 starts no ``flower-superexec`` of its own (which would start ``flwr-clientapp``: install
 the FAB, import whatever it names). This launcher takes its place: it asks the SuperNode's
 Runtime API (on 127.0.0.1) for ClientApp tasks, as Flower's SuperExec does, and starts one
-`medfed.client.app_process` per task, which checks the run's app before it runs medfed's
+`medfed.client.site_daemon.app_process` per task, which checks the run's app before it runs medfed's
 installed ClientApp. Any other kind of task is never acquired.
 
 Each task is still a process of its own, forked from a fork server that imported medfed's
@@ -31,7 +31,7 @@ log = logging.getLogger("medfed.site")
 
 
 # imported once by the fork server, before any task: what every task imports
-PRELOAD = ["medfed.client.app_process", "medfed.client.deployed"]
+PRELOAD = ["medfed.client.site_daemon.app_process", "medfed.client.site_daemon.deployed"]
 
 
 def task_arguments(runtime_api_address: str, token: str, site_yaml: str) -> list[str]:
@@ -40,7 +40,7 @@ def task_arguments(runtime_api_address: str, token: str, site_yaml: str) -> list
 
 def _task_main(argv: list[str]) -> None:
     """Runs in the task's process; the launcher itself never imports the ClientApp."""
-    from medfed.client.app_process import main
+    from medfed.client.site_daemon.app_process import main
 
     sys.exit(main(argv))  # its result is the task process's exit code
 
