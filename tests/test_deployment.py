@@ -430,7 +430,7 @@ def test_server_commands_stop_with_a_clear_message_on_bad_inputs(cli, capsys, tm
 
 def test_server_start_without_nginx_stops_before_starting_anything(cli, capsys, tmp_path, coordinator_data,
                                                                     monkeypatch):
-    from medfed.server.coordinator.start import fleet_proxy
+    from medfed.server.coordinator import fleet_proxy
 
     create_credentials(tmp_path / "creds", "localhost", [], trial_sites=["north"])
     config = tmp_path / "exp.yaml"

@@ -176,7 +176,7 @@ def test_unregister_node_calls_flwr_supernode_unregister(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("insecure", [False, True])
 def test_server_start_unregisters_intruders_while_it_follows_the_run(monkeypatch, tmp_path, insecure):
-    from medfed.server.coordinator.start import start as coordinator
+    from medfed.server.coordinator import start as coordinator
 
     out = tmp_path / "run"
     out.mkdir()
