@@ -223,15 +223,22 @@ def _volume(image_file: Path, label_file: Path, mode: str) -> tuple[np.ndarray, 
     return (image if image.ndim == 4 else image[..., None]), label
 
 
-def read_dicom_series(series_dir: Path, mask_path: Path) -> SegmentationImages:
-    """One DICOM series as a (D, H, W, 1) item of rescaled values, slices in ascending patient
-    position, with its mask: a NIfTI or .npy array stored as (D, H, W), taken as is."""
+def dicom_files(series_dir: Path) -> list[Path]:
+    """The files of a DICOM series folder, sorted (hidden files and DICOMDIR left out);
+    `DataError` when the folder is missing or holds none."""
     if not series_dir.is_dir():
         raise DataError(f"DICOM series folder not found: {series_dir}")
     files = [f for f in sorted(series_dir.iterdir())
              if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"]
     if not files:
         raise DataError(f"{series_dir}: no DICOM files")
+    return files
+
+
+def read_dicom_series(series_dir: Path, mask_path: Path) -> SegmentationImages:
+    """One DICOM series as a (D, H, W, 1) item of rescaled values, slices in ascending patient
+    position, with its mask: a NIfTI or .npy array stored as (D, H, W), taken as is."""
+    files = dicom_files(series_dir)
     slices = [_read_dicom(f) for f in files]
     for f, (ds, pixels) in zip(files, slices):
         if ds.get("SeriesInstanceUID") != slices[0][0].get("SeriesInstanceUID"):

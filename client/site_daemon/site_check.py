@@ -27,7 +27,7 @@ from medfed.client.datasets import IMAGE_SUFFIXES, _parse_labels, _read_image, r
 from medfed.client.site_daemon.phi import phi_tags
 from medfed.client.segmentation_data import (
     _DICOM_ERRORS, LABEL_SUFFIXES, MAX_LABELS, NIFTI_SUFFIXES, _grey, _list_files, _pair, _read_mask_volume,
-    _read_picture, _same_size, _volume,
+    _read_picture, _same_size, _volume, dicom_files,
 )
 from medfed.client.site_daemon.site_config import read_site_data
 from medfed.client.site_terms import delta_problem, site_delta
@@ -173,13 +173,7 @@ def _scan_nifti(d: DictConfig, scan: _Scan) -> None:
 
 def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
     """Every file of the series: readable pixels, spacing, identifying header fields; then the mask."""
-    series = Path(d.path) / d.images
-    if not series.is_dir():
-        raise DataError(f"DICOM series folder not found: {series}")
-    files = [f for f in sorted(series.iterdir())
-             if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"]
-    if not files:
-        raise DataError(f"{series}: no DICOM files")
+    files = dicom_files(Path(d.path) / d.images)
     for file in files:
         scan.files += 1
         try:
