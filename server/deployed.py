@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from medfed.config import ExperimentConfig, _explain, as_dict, to_yaml, validate
 from medfed.errors import ConfigError
 from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SITES_KEY, WAIT_KEY
+from medfed.server.app import wait_for_sites
 
 SITES_FILE, FAILED_FILE = "sites.json", "failed.json"
 log = logging.getLogger("medfed.server")
@@ -40,15 +41,6 @@ def experiment_from(run_config) -> DictConfig:
         raise _explain(exc, f"run config '{CONFIG_KEY}'") from exc
     validate(cfg)
     return cfg
-
-
-def wait_for_sites(grid: Grid, expected: int, patience: float, poll: float = 1.0) -> int:
-    """Wait up to ``patience`` seconds for ``expected`` sites; the number connected."""
-    deadline = time.monotonic() + patience
-    while (connected := len(list(grid.get_node_ids()))) < expected and time.monotonic() < deadline:
-        time.sleep(poll)
-    log.info("%d of %d sites connected", connected, expected)
-    return connected
 
 
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):

@@ -45,7 +45,7 @@ def simulate_federation(cfg: DictConfig, plan: RoundPlan, sites_root: str, num_s
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         run_simulation(
-            server_app=make_server_app(plan, result),
+            server_app=make_server_app(plan, result, sites=num_sites),
             client_app=make_client_app(locate, mods),
             num_supernodes=num_sites,
             backend_config=backend_config(cfg),
