@@ -27,12 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-from medfed.client.noise_calibration import calibrated_noise, dp_accounting_epsilon, opacus_epsilon
+from medfed.client.noise_calibration import (
+    calibrated_noise,
+    dp_accounting_epsilon,
+    opacus_epsilon,
+)
 from medfed.client.privacy import steps_per_round
-from medfed.wire import TrainSettings
 from medfed.config import load_config
+from medfed.models.experiment_data import load_experiment_data
 from medfed.simulation.partition import partition
-from medfed.simulation.sources import load_experiment_data
+from medfed.wire import TrainSettings
 
 CONFIGS = ["configs/pneumonia-dp-eps8.yaml", "configs/pneumonia-dp-eps1.yaml"]
 ACCOUNTANTS = ["rdp", "prv"]

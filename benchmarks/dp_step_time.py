@@ -26,8 +26,8 @@ from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfed.client.allocator import keep_freed_memory
-from medfed.client.privacy import make_private_model
-from medfed.models import build_model
+from medfed.models.classification.network import build_classifier
+from medfed.models.private_layers import make_private_model
 
 
 class Stepper:
@@ -86,11 +86,11 @@ def main() -> None:
     n = args.batch * 20
     data = TensorDataset(torch.rand(n, 1, args.size, args.size), torch.randint(0, 2, (n,)))
 
-    plain = make_private_model(build_model(args.model, 1, 2, args.size))
+    plain = make_private_model(build_classifier(args.model, 1, 2, args.size))
     plain_stepper = Stepper(plain, torch.optim.Adam(plain.parameters(), 1e-3),
                             DataLoader(data, batch_size=args.batch, shuffle=True))
 
-    private = make_private_model(build_model(args.model, 1, 2, args.size))
+    private = make_private_model(build_classifier(args.model, 1, 2, args.size))
     model, optimizer, loader = PrivacyEngine().make_private(
         module=private, optimizer=torch.optim.Adam(private.parameters(), 1e-3),
         data_loader=DataLoader(data, batch_size=args.batch), noise_multiplier=1.0,

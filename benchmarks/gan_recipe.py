@@ -24,18 +24,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.client.gan_training import train_gan
-from medfed.models import build_model
-from medfed.models.gan import ConditionalGAN, generate
-from medfed.models.synthesis_metrics import (
+
+from medfed.models import local_training
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
+from medfed.models.synthesis.metrics import (
     classifier_features,
     frechet_distance,
     memorisation,
-    save_sample_grid,
     tstr_auc,
 )
+from medfed.models.synthesis.network import ConditionalGAN, generate
+from medfed.models.synthesis.pictures import save_sample_grid
+from medfed.models.synthesis.train import train as train_gan
 from medfed.wire import TrainSettings
 
 DATA = Path(os.environ.get("MEDFED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -47,8 +49,8 @@ def load(split: str, source) -> LabelledImages:
 
 def feature_classifier(data: LabelledImages, device: torch.device, epochs: int) -> torch.nn.Module:
     """A SmallCNN trained on real images: its features define the Fréchet distance."""
-    training.seed_everything(0)
-    model = build_model("cnn", 1, 2, 28)
+    local_training.seed_everything(0)
+    model = build_classifier("cnn", 1, 2, 28)
     training.train(model, data, TrainSettings("binary", 2, epochs=epochs, batch_size=64), device)
     return model
 

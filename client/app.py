@@ -15,21 +15,37 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from medfed.client import training
+from medfed.client.local_round import local_train, local_validate
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant
 from medfed.client.privacy_mods import client_level_clipping_mod
 from medfed.client.round_cache import RoundCache
 from medfed.client.site import Site
 from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused
-from medfed.client.tasks import CLASSIFICATION, local_evaluate, local_train
-from medfed.models import classification
+from medfed.models import local_training
 from medfed.models.spec import ModelSpec
+from medfed.models.tasks import task
 from medfed.strategies.fedbn import keep_local_norm
-from medfed.wire import DP_MECHANISM, FEDBN_FLAG, PRIVACY_KEYS, SERVER_ROUND, UNIT_WEIGHT, TrainSettings
+from medfed.wire import (
+    DP_MECHANISM,
+    FEDBN_FLAG,
+    HISTOGRAMS,
+    PRIVACY_KEYS,
+    SERVER_ROUND,
+    UNIT_WEIGHT,
+    TrainSettings,
+)
 
 NORM_STATE_FILE = "local_norm.pt"
 log = logging.getLogger("medfed.client")
@@ -68,14 +84,13 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
     spent = SiteAccountant(site.state_dir, site.terms.privacy.accountant)
     private = accept_round(site.terms, config, len(site.train), spent)
     dp, accountant = (private.dp, spent) if private is not None else (None, None)
-    device = training.resolve_device(site.device)
+    device = local_training.resolve_device(site.device)
     settings = settings_from(config, site)
     model = _site_model(site, arrays, config)
 
     result = local_train(model, site.train, settings, device, dp, accountant)
-    # the local model on validation data; segmentation leaves it to the evaluate round, where
-    # the global model is scored: whole-image inference costs as much as a round of training
-    val = local_evaluate(model, site.val, settings, device) if settings.task == CLASSIFICATION else {}
+    # the local model on validation data, where the task finds that cheap (`Task.validates_after_training`)
+    val = local_validate(model, site.val, settings, device) if task(settings.task).validates_after_training else {}
 
     if bool(config.get(FEDBN_FLAG, False)):
         _save_local_norm(site, model)
@@ -96,18 +111,12 @@ def train_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> tuple[A
 def evaluate_site(site: Site, arrays: ArrayRecord, config: ConfigRecord) -> MetricRecord:
     """The global model on the site's validation data: metrics and, for binary tasks,
     the score histogram from which the server picks the operating point."""
-    device = training.resolve_device(site.device)
+    device = local_training.resolve_device(site.device)
     model = _site_model(site, arrays, config)
     settings = settings_from(config, site)
-    if settings.task != CLASSIFICATION:
-        metrics = {f"val_{k}": v for k, v in local_evaluate(model, site.val, settings, device).items()}
-        return MetricRecord({**metrics, "num-examples": len(site.val), "site": site.index})
-    probs = training.predict(model, site.val.images, settings.kind, device)
-    metrics = {f"val_{k}": v for k, v in classification.metrics(settings.kind, site.val.labels, probs).items()}
-    metrics.update({"num-examples": len(site.val), "site": site.index})
-    if settings.kind == classification.BINARY:
-        metrics["hist-pos"], metrics["hist-neg"] = classification.score_histogram(site.val.labels, probs)
-    return MetricRecord(metrics)
+    raw = local_validate(model, site.val, settings, device, histogram=True)
+    metrics = {(k if k in HISTOGRAMS else f"val_{k}"): v for k, v in raw.items()}
+    return MetricRecord({**metrics, "num-examples": len(site.val), "site": site.index})
 
 
 def make_client_app(locate_site: Callable[[Context], Site], mods: Sequence = ()) -> ClientApp:

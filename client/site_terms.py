@@ -104,7 +104,7 @@ def validate_privacy_terms(p, require_dp: bool, check) -> None:
 
 def validate_limits(limits, check) -> None:
     """Range checks of a ``limits`` section; ``check(condition, key, message)`` reports."""
-    from medfed.models.registry import TASK_MODELS
+    from medfed.models.tasks import TASKS
 
     for name in ("local_steps", "local_epochs"):
         low, high = getattr(limits, f"min_{name}"), getattr(limits, f"max_{name}")
@@ -118,7 +118,7 @@ def validate_limits(limits, check) -> None:
         else:
             check(low >= floor, f"limits.min_{name}", f"must be >= {floor:g}, got {low}")
         check(high >= low, f"limits.max_{name}", f"must be >= limits.min_{name}={low:g}, got {high}")
-    known = {m for models in TASK_MODELS.values() for m in models}
+    known = {m for t in TASKS.values() for m in t.networks}
     for model, count in limits.max_parameters.items():
         check(model == DEFAULT_PARAMETERS or model in known, "limits.max_parameters",
               f"'{model}' is not a model (use {DEFAULT_PARAMETERS} or one of {', '.join(sorted(known))})")

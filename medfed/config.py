@@ -8,7 +8,6 @@ ranges that types cannot express. Every error is a `ConfigError` naming the sett
 from __future__ import annotations
 
 import difflib
-
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from medfed.client.site_terms import SiteLimits, validate_limits
 from medfed.errors import ConfigError
+from medfed.models.tasks import TASKS, task
 
 MODES = ("federated", "pooled", "local")
-TASKS = ("classification", "segmentation", "gan")
 CONTRASTS = ("none", "clahe")  # data.segmentation.contrast
 SEGMENTATION_FORMATS = ("drive", "masks", "nifti", "dicom")
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
@@ -108,7 +107,7 @@ class ModelConfig:
     norm: str = "instance"  # segmentation: instance or group (both accepted by DP-SGD)
     spatial_dims: int = 2  # segmentation: 2 or 3 (3D needs nifti volumes or a dicom series)
     # segmentation unet: channels per level and the downsampling between levels (the same
-    # defaults as models/segmentation.py's UNET_CHANNELS and UNET_STRIDES, which a test checks)
+    # defaults as models/segmentation/network.py's UNET_CHANNELS and UNET_STRIDES, which a test checks)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list[int] = field(default_factory=lambda: [1, 2, 2])
 
@@ -382,15 +381,13 @@ def validate_attack(cfg: DictConfig) -> None:
     _check(f.straggler_delay >= 0, "faults.straggler_delay", "must be >= 0")
     if simulated_misbehaviour(cfg):
         _check(cfg.mode == "federated", "attack", "malicious and faulty sites are simulated in federated runs only")
-        _check(a.behaviour != "label_flip" or cfg.task == "classification", "attack.behaviour",
+        _check(a.behaviour != "label_flip" or task(cfg.task).predicts_labels, "attack.behaviour",
                "label_flip needs a classification task")
 
 
 def validate_task(cfg: DictConfig) -> None:
     """Settings that depend on the task: models, data sources, partitions."""
-    from medfed.models.registry import TASK_MODELS
-
-    models = TASK_MODELS[cfg.task]
+    models = task(cfg.task).networks
     _check(cfg.model.name in models, "model.name", f"unknown model '{cfg.model.name}' for task "
            f"{cfg.task}: choose from {', '.join(models)}")
     _check(cfg.model.norm in ("instance", "group"), "model.norm", "is instance or group")
@@ -400,10 +397,14 @@ def validate_task(cfg: DictConfig) -> None:
            "gan", "latent_dim, samples_per_class and tstr_epochs must be >= 1")
     _check(cfg.evaluation.every >= 1, "evaluation.every", "must be >= 1")
     _check(cfg.evaluation.audit_canaries >= 0, "evaluation.audit_canaries", "must be >= 0")
-    _check(cfg.evaluation.audit_canaries == 0 or (cfg.task == "classification" and cfg.evaluation.membership_audit),
+    _check(cfg.evaluation.audit_canaries == 0 or (task(cfg.task).predicts_labels and cfg.evaluation.membership_audit),
            "evaluation.audit_canaries", "needs task classification and evaluation.membership_audit: true")
-    if cfg.task != "segmentation":
-        return
+    if task(cfg.task).label_maps:
+        _validate_segmentation(cfg)
+
+
+def _validate_segmentation(cfg: DictConfig) -> None:
+    """The ``data.segmentation`` section and the U-Net's shape, for tasks on label maps."""
     seg = cfg.data.segmentation
     _check(seg.patch_size >= 16 and seg.patch_size % 16 == 0, "data.segmentation.patch_size",
            f"must be a multiple of 16, got {seg.patch_size}")

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from medfed.models.registry import build_model
-from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES
+from medfed.errors import ConfigError
+from medfed.models.segmentation.network import UNET_CHANNELS, UNET_STRIDES
+from medfed.models.tasks import task
 
 CONFIG_PREFIX = "model-"
 
@@ -36,11 +37,14 @@ class ModelSpec:
     strides: tuple[int, ...] = UNET_STRIDES  # segmentation unet: downsampling between levels
 
     def build(self) -> torch.nn.Module:
-        model = build_model(self.name, self.in_channels, self.num_classes, self.image_size, self.dropout,
-                            task=self.task, spatial_dims=self.spatial_dims, norm=self.norm,
-                            latent_dim=self.latent_dim, channels=self.channels, strides=self.strides)
+        """A fresh network (the caller seeds torch first when it wants the same weights)."""
+        t = task(self.task)
+        if self.name not in t.networks:
+            raise ConfigError(f"unknown model '{self.name}' for task {self.task} (model.name): "
+                              f"choose from {', '.join(t.networks)}")
+        model = t.file("network").build(self)
         if self.dp_compatible:
-            from medfed.client.privacy import make_private_model
+            from medfed.models.private_layers import make_private_model
 
             return make_private_model(model)
         return model

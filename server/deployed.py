@@ -23,7 +23,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from medfed.config import ExperimentConfig, _explain, as_dict, to_yaml, validate
 from medfed.errors import ConfigError
-from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SITES_KEY, WAIT_KEY
+from medfed.federation.flower_app import (
+    CONFIG_KEY,
+    OUTPUT_KEY,
+    RESUME_KEY,
+    SITES_KEY,
+    WAIT_KEY,
+)
 from medfed.server.app import wait_for_sites
 
 SITES_FILE, FAILED_FILE = "sites.json", "failed.json"
@@ -45,11 +51,12 @@ def experiment_from(run_config) -> DictConfig:
 
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
+    from medfed.models.experiment_data import load_experiment_data
+    from medfed.models.tasks import task
     from medfed.server.outputs import RunOutputs, start_wandb
     from medfed.server.plan import experiment_spec, round_plan
-    from medfed.simulation.sources import load_experiment_data
 
-    if cfg.task == "segmentation" and cfg.data.segmentation.test_fraction:
+    if task(cfg.task).label_maps and cfg.data.segmentation.test_fraction:
         raise ConfigError("data.segmentation.test_fraction holds out cases of simulated sites; a deployed "
                           "coordinator scores on its own data.segmentation.test: set test_fraction to 0")
     data = load_experiment_data(cfg)

@@ -15,54 +15,28 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medfed.client import training
-from medfed.client.tasks import GAN, SEGMENTATION, inference_window
+from medfed.models import local_training
 from medfed.models.spec import ModelSpec
+from medfed.models.tasks import task
 
 Evaluate = Callable[[dict[str, torch.Tensor], float, int], dict[str, float]]
 
 
 def evaluator(cfg: DictConfig, spec: ModelSpec, test, train_pool=None, out: Path | None = None) -> Evaluate:
-    """``(weights, threshold, round) -> test metrics`` of the global model. GAN only:
-    ``train_pool`` is the real training data the memorisation check compares against, and
-    sample grids go to ``out``."""
-    model, device = spec.build(), training.resolve_device(cfg.train.device)
-    score = _scorer(cfg, spec, test, train_pool, out, device)
+    """``(weights, threshold, round) -> test metrics`` of the global model, by the task's
+    ``metrics.scorer``. GAN only: ``train_pool`` is the real training data the memorisation
+    check compares against, and sample grids go to ``out``. A scorer with an ``each_round``
+    method also sees the model of the rounds it does not score (the GAN draws a grid)."""
+    model, device = spec.build(), local_training.resolve_device(cfg.train.device)
+    score = task(spec.task).file("metrics").scorer(cfg, spec, test, train_pool, out, device)
+    each_round = getattr(score, "each_round", None)
 
     def evaluate(weights, threshold=0.5, rnd=0):
         model.load_state_dict(weights)
-        if spec.task == GAN:
-            score.judge.grid(model, rnd)  # a sample grid every round: cheap, and what people look at
+        if each_round is not None:
+            each_round(model, rnd)
         if rnd % cfg.evaluation.every and rnd != cfg.train.rounds:
             return {}
         return score(model, threshold, rnd)
 
     return evaluate
-
-
-def _scorer(cfg, spec: ModelSpec, test, train_pool, out, device):
-    """``(model, threshold, round) -> metrics`` for the task."""
-    if spec.task == SEGMENTATION:
-        from medfed.client.segmentation_training import evaluate_segmentation
-
-        regions = {name: list(classes) for name, classes in cfg.data.segmentation.regions.items()}
-        return lambda model, threshold, rnd: evaluate_segmentation(
-            model, test, inference_window(spec.image_size), device, spec.contrast, per_class=True, regions=regions)
-    if spec.task == GAN:
-        from medfed.server.synthesis import SynthesisJudge
-
-        judge = SynthesisJudge(cfg, spec, train_pool, test, device, out)
-
-        def synthesis(model, threshold, rnd):
-            return judge(model, rnd)
-
-        synthesis.judge = judge
-        return synthesis
-
-    def classify(model, threshold, rnd):
-        metrics = training.evaluate(model, test, spec.label_kind, device, threshold)
-        if spec.label_kind == "binary":
-            metrics["threshold"] = threshold
-        return metrics
-
-    return classify

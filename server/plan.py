@@ -15,43 +15,35 @@ from dataclasses import replace
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medfed.client.datasets import LabelSpace
 from medfed.models.spec import ModelSpec
+from medfed.models.tasks import task
 from medfed.server.privacy import round_privacy_config
 from medfed.wire import RUN_KEY, SERVER_ROUND, TrainSettings
 
 
 def model_spec(cfg: DictConfig, num_classes: int, label_kind: str, channels: int, image_size: int) -> ModelSpec:
-    """The network of the experiment. For segmentation, ``num_classes`` counts the mask's
+    """The network of the experiment. For tasks on patches, ``num_classes`` counts the mask's
     labels with background and the network's input is the training patch."""
-    segmentation = cfg.task == "segmentation"
-    # DP-GAN: the discriminator is DP-compatible as built, and under sample-level DP the
-    # generator never sees a real image, so its BatchNorm stays
+    t = task(cfg.task)
     dp_compatible = cfg.privacy.mechanism == "client" or (
-        cfg.privacy.mechanism == "sample" and cfg.task != "gan")
+        cfg.privacy.mechanism == "sample" and t.private_whole_network)
     return ModelSpec(
         name=cfg.model.name, in_channels=channels, num_classes=num_classes,
-        image_size=cfg.data.segmentation.patch_size if segmentation else image_size,
+        image_size=cfg.data.segmentation.patch_size if t.label_maps else image_size,
         dropout=cfg.model.dropout, label_kind=label_kind,
         dp_compatible=dp_compatible, task=cfg.task,
-        spatial_dims=cfg.model.spatial_dims if segmentation else 2, norm=cfg.model.norm,
+        spatial_dims=cfg.model.spatial_dims if t.label_maps else 2, norm=cfg.model.norm,
         latent_dim=cfg.gan.latent_dim,
-        contrast=cfg.data.segmentation.contrast if segmentation else "none",
+        contrast=cfg.data.segmentation.contrast if t.label_maps else "none",
         channels=tuple(cfg.model.channels), strides=tuple(cfg.model.strides),
     )
 
 
-def classifier_spec(cfg: DictConfig, labels: LabelSpace, channels: int, image_size: int) -> ModelSpec:
-    """Classification and GAN tasks: the outputs follow the label space."""
-    kind = "gan" if cfg.task == "gan" else labels.kind
-    return model_spec(cfg, labels.num_classes, kind, channels, image_size)
-
-
 def experiment_spec(cfg: DictConfig, data) -> ModelSpec:
-    """The network for an experiment's data (`simulation.sources.ExperimentData`)."""
-    if cfg.task == "segmentation":
-        return model_spec(cfg, data.num_classes, "segmentation", data.pool.channels, 0)
-    return classifier_spec(cfg, data.labels, data.pool.channels, data.image_size)
+    """The network for an experiment's data (`medfed.models.experiment_data.ExperimentData`):
+    its outputs follow the label space, or the masks' labels."""
+    kind = task(cfg.task).label_kind or data.labels.kind
+    return model_spec(cfg, data.num_classes, kind, data.pool.channels, data.image_size)
 
 
 def round_plan(cfg: DictConfig, spec: ModelSpec, data, num_sites: int, outputs, resume: bool,

@@ -23,19 +23,18 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-
 from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.strategy import Strategy
 
 from medfed.errors import MedfedError
 from medfed.faults import kill_point
-from medfed.wire import BUDGET_EXHAUSTED
-from medfed.server.privacy import PrivacyLedger
-from medfed.models.classification import operating_threshold
+from medfed.models.classification.metrics import operating_threshold
 from medfed.server.checkpoint import load_checkpoint, save_checkpoint
-from medfed.server.update_checks import check_updates
 from medfed.server.outputs import CHECKPOINT, RunOutputs
+from medfed.server.privacy import PrivacyLedger
 from medfed.server.progress import RunProgress, sites_status
+from medfed.server.update_checks import check_updates
+from medfed.wire import BUDGET_EXHAUSTED
 
 log = logging.getLogger("medfed.server")
 

@@ -17,11 +17,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
-from flwr.app import MessageType
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from omegaconf import DictConfig
 
-from medfed.client.datasets import LabelledImages
+from medfed.models.classification.data import LabelledImages
 from medfed.wire import SERVER_ROUND
 
 SITE_DROPPED = 490  # error code of a simulated dropout

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.models import classification
+from medfed.models.classification import metrics as classification
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
 from medfed.simulation.partition import SiteShard
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.client.tasks import local_train
+from medfed.client.local_round import local_train
+from medfed.models import local_training
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
 from medfed.models.spec import ModelSpec
 from medfed.server.evaluation import evaluator
 from medfed.server.outputs import RunOutputs
@@ -28,7 +29,7 @@ MODELS = "models"  # mode=local: one model per site
 def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) -> dict[str, torch.Tensor]:
     model = spec.build()
     model.load_state_dict(initial_weights(cfg, spec))
-    device = training.resolve_device(cfg.train.device)
+    device = local_training.resolve_device(cfg.train.device)
     for rnd in range(1, cfg.train.rounds + 1):
         settings = round_settings(cfg, spec, rnd).for_site(rnd, seed_offset)  # the seed a federated site takes
         started = time.perf_counter()
@@ -39,9 +40,8 @@ def _train_rounds(cfg, spec, train: LabelledImages, seed_offset: int, on_round) 
 
 def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
     """Centralized training on the union of the sites' training shards."""
-    evaluate = evaluator(cfg, spec, test, LabelledImages.concat([s.train for s in sites])
-                         if spec.task == "gan" else None, outputs.dir)
     train = type(sites[0].train).concat([s.train for s in sites])
+    evaluate = evaluator(cfg, spec, test, train, outputs.dir)
 
     def on_round(rnd, model, result, seconds):
         threshold = _threshold(spec, model, [s.val for s in sites], cfg.train.device)
@@ -62,8 +62,7 @@ def run_pooled(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, o
 def run_local(cfg: DictConfig, spec: ModelSpec, sites: list[SiteShard], test, outputs: RunOutputs):
     """Each site trains alone; every local model is saved (``models/site-NNN.pt``) and
     scored on the global test set, and on the site's own test images where it has them."""
-    evaluate = evaluator(cfg, spec, test, LabelledImages.concat([s.train for s in sites])
-                         if spec.task == "gan" else None)
+    evaluate = evaluator(cfg, spec, test, type(sites[0].train).concat([s.train for s in sites]))
     per_round: dict[int, dict] = {}
     finals = {}
     progress = RunProgress("local training, sites", len(sites), enabled=cfg.logging.progress)
@@ -101,7 +100,7 @@ def _threshold(spec: ModelSpec, model, validation: list[LabelledImages], device:
     """The operating point on the validation data this baseline may see (binary tasks)."""
     if spec.label_kind != "binary":
         return 0.5
-    return training.validation_threshold(model, validation, training.resolve_device(device))
+    return training.validation_threshold(model, validation, local_training.resolve_device(device))
 
 
 def _mean_test(sites: dict[str, dict]) -> dict[str, float]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medfed.client.datasets import LabelledImages
 from medfed.errors import ConfigError
+from medfed.models.classification.data import LabelledImages
 from medfed.simulation.audit import example_losses, score_attack
 from medfed.simulation.partition import SiteShard
 

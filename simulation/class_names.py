@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 from omegaconf import DictConfig
 
-from medfed.simulation.medmnist import data_dir
+from medfed.models.experiment_data import data_dir
 
 # from MedMNIST v2's INFO[flag]["label"]
 MEDMNIST_CLASSES = {

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from medfed.client.app import make_client_app
 from medfed.client.site import SimulatedSites
-from medfed.server.app import ServerResult, make_server_app
 from medfed.config import simulated_misbehaviour
+from medfed.server.app import ServerResult, make_server_app
 from medfed.server.rounds import RoundPlan
 from medfed.simulation.adversary import Misbehaviour
 from medfed.simulation.virtual_sites import simulated_terms

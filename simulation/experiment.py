@@ -22,28 +22,32 @@ from rich.console import Console
 
 from medfed.client.site import site_folder_name, write_site_data
 from medfed.config import as_dict, to_yaml
-from medfed.client.privacy import incompatible_layers
 from medfed.errors import ConfigError, MedfedError
+from medfed.models.classification.train import train
+from medfed.models.experiment_data import data_dir, load_experiment_data
+from medfed.models.local_training import resolve_device
+from medfed.models.private_layers import incompatible_layers
+from medfed.models.spec import ModelSpec
+from medfed.models.tasks import task
+from medfed.server.app import ServerResult
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
+from medfed.server.plan import experiment_spec, round_plan, train_settings
 from medfed.server.plots import plot_privacy
 from medfed.server.progress import phase, say
-from medfed.models.spec import ModelSpec
-from medfed.server.examples import save_examples
-from medfed.server.plan import experiment_spec, round_plan, train_settings
-from medfed.server.app import ServerResult
 from medfed.server.rounds import RoundFailed, RoundPlan
 from medfed.server.update_checks import rejections
-from medfed.client.training import resolve_device, train
+from medfed.simulation.adversary import flip_labels
 from medfed.simulation.audit import membership_attack
+from medfed.simulation.baselines import own_test, run_local, run_pooled
 from medfed.simulation.canaries import canary_attack, plant_canaries
 from medfed.simulation.class_names import class_names
-from medfed.simulation.adversary import flip_labels
-from medfed.simulation.baselines import own_test, run_local, run_pooled
 from medfed.simulation.partition import SiteShard, natural_sites, partition
-from medfed.simulation.report import print_partition_table, write_case_split, write_partition_report
+from medfed.simulation.report import (
+    print_partition_table,
+    write_case_split,
+    write_partition_report,
+)
 from medfed.simulation.shift import site_scanners
-from medfed.simulation.medmnist import data_dir
-from medfed.simulation.sources import load_experiment_data
 from medfed.simulation.virtual_sites import check_sites_accept
 
 log = logging.getLogger("medfed")
@@ -74,7 +78,7 @@ def _apply_shift(sites: list[SiteShard], cfg: DictConfig) -> list:
     for i, (site, scanner) in enumerate(zip(sites, scanners)):
         if scanner is not None:
             rng = np.random.default_rng([cfg.seed, i, 11])
-            apply = scanner.apply_segmentation if cfg.task == "segmentation" else scanner.apply
+            apply = scanner.apply_segmentation if task(cfg.task).label_maps else scanner.apply
             site.train, site.val = apply(site.train, rng), apply(site.val, rng)
             if site.test is not None:
                 site.test = apply(site.test, rng)
@@ -135,7 +139,7 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
     outputs.write_config(to_yaml(cfg))
     title = f"{cfg.name}: {cfg.partition.scheme} over {len(sites)} sites"
     table = write_partition_report(sites, _strata_names(cfg, data), out, title, scanners)
-    if cfg.task == "segmentation":
+    if task(cfg.task).label_maps:
         write_case_split(sites, data.test, out)
     if cfg.logging.progress:
         print_partition_table(table, console)
@@ -161,7 +165,7 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
     if cfg.privacy.mechanism != "none":
         plot_privacy(outputs.rounds(), out / "epsilon.png", _site_names(sites))
     audit = None
-    if weights is not None and cfg.task == "classification" and cfg.evaluation.membership_audit:
+    if weights is not None and task(cfg.task).predicts_labels and cfg.evaluation.membership_audit:
         audit = _audit(cfg, spec, data, sites, canaries, weights, console)
     if weights is not None and any(site.test is not None for site in sites):
         with phase(console, "the final model on each site's own test cases", cfg.logging.progress):
@@ -169,8 +173,9 @@ def _run_experiment(cfg: DictConfig, out: Path, resume: bool, console: Console, 
                 per_site.setdefault(site_folder_name(i), {})["own_test"] = own_test(cfg, spec, site, weights)
     if weights is not None:
         outputs.save_model(weights, {"model": spec.__dict__, "config": as_dict(cfg)})
-        with phase(console, "pictures of the final model", cfg.logging.progress and cfg.task != "classification"):
-            save_examples(cfg, spec, weights, data.test, out)
+    if weights is not None and task(cfg.task).pictures:
+        with phase(console, "pictures of the final model", cfg.logging.progress):
+            task(cfg.task).file("pictures").save_pictures(cfg, spec, weights, data.test, out)
     outputs.plot(_site_names(sites))
     summary = {
         "name": cfg.name,
@@ -249,7 +254,9 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
                console: Console, federate: Federate | None):
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, cfg.logging.progress)
     if federate is None:
-        from medfed.simulation.engine import simulate_federation as federate  # imports Ray: only when needed
+        from medfed.simulation.engine import (
+            simulate_federation as federate,  # imports Ray: only when needed
+        )
 
         if cfg.logging.progress:  # Ray takes a while to start; the first round's line follows
             say(console, f"starting Flower's Simulation Engine with {num_sites} virtual sites ...")

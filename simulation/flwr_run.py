@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from medfed.client.app import make_client_app
-from medfed.client.site import Site, SimulatedSites
+from medfed.client.site import SimulatedSites, Site
 from medfed.config import load_config, simulated_misbehaviour
 from medfed.errors import ConfigError
 from medfed.server.app import ServerResult

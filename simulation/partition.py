@@ -25,8 +25,9 @@ from flwr_datasets.partitioner import (
 )
 from omegaconf import DictConfig
 
-from medfed.client.datasets import LabelledImages
 from medfed.errors import ConfigError, DataError
+from medfed.models.classification.data import LabelledImages
+from medfed.models.tasks import task
 
 QUANTITY_SHAPES = {
     "linear": LinearPartitioner,
@@ -137,8 +138,8 @@ def partition(pool: LabelledImages, cfg: DictConfig) -> list[SiteShard]:
 
 
 def test_fraction(cfg: DictConfig) -> float:
-    """The share of each site's cases kept as its own test images (segmentation only)."""
-    return float(cfg.data.segmentation.test_fraction) if cfg.task == "segmentation" else 0.0
+    """The share of each site's cases kept as its own test images (tasks on label maps)."""
+    return float(cfg.data.segmentation.test_fraction) if task(cfg.task).label_maps else 0.0
 
 
 def split_site(name: str, data, rows: np.ndarray, val_fraction: float, rng: np.random.Generator,

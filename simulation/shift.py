@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from medfed.client.datasets import LabelledImages
-from medfed.client.segmentation_data import SegmentationImages
+from medfed.models.classification.data import LabelledImages
+from medfed.models.segmentation.readers import SegmentationImages
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,11 @@ class Scanner:
 
     def _acquire(self, image: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` in [0, 1] as this scanner would have imaged it (before noise)."""
-        from monai.transforms import AdjustContrast, GaussianSmooth, Resize  # only for shifted runs
+        from monai.transforms import (  # only for shifted runs
+            AdjustContrast,
+            GaussianSmooth,
+            Resize,
+        )
 
         image = AdjustContrast(self.gamma)(image)
         full = tuple(image.shape[1:])

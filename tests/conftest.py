@@ -67,7 +67,7 @@ def cli(monkeypatch):
 
 def separable_images(n: int = 64, seed: int = 0):
     """Two classes of 12x12 images that differ in brightness: easy to learn."""
-    from medfed.client.datasets import LabelledImages
+    from medfed.models.classification.data import LabelledImages
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)

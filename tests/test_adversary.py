@@ -2,14 +2,22 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from conftest import flower_message
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
-from medfed.client.datasets import LabelledImages
 from medfed.config import load_config
 from medfed.errors import ConfigError
+from medfed.models.classification.data import LabelledImages
 from medfed.simulation.adversary import SITE_DROPPED, Misbehaviour, flip_labels
-
-from conftest import flower_message
 
 GLOBAL = ArrayRecord({"w": Array(np.ones(4, np.float32)), "n": Array(np.array(3, np.int64))})
 

@@ -13,16 +13,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from deployment_helpers import site_yaml, substitute_app
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.config import flatten_dict, get_fab_config
 
-from deployment_helpers import site_yaml, substitute_app
 from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.client.site_daemon.app_check import AppRefused, check_app
 from medfed.client.site_daemon.app_process import admit
 from medfed.client.site_daemon.audit_log import read_audit_log, verify_audit_log
 from medfed.federation.credentials import (
-    APP_SIGNING_KEY, TRUSTED_ENTITIES, create_credentials, load_app_signing_key, load_trusted_entities,
+    APP_SIGNING_KEY,
+    TRUSTED_ENTITIES,
+    create_credentials,
+    load_app_signing_key,
+    load_trusted_entities,
 )
 from medfed.federation.flower_app import write_app
 

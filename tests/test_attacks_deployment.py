@@ -26,12 +26,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from flwr.cli.build import build_fab_from_disk
-
 from conftest import pneumonia_or_skip
 from deployment_helpers import (
-    Procs, experiment_yaml, free_port, shards, site_yaml, substitute_app, trial_credentials, until,
+    Procs,
+    experiment_yaml,
+    free_port,
+    shards,
+    site_yaml,
+    substitute_app,
+    trial_credentials,
+    until,
 )
+from flwr.cli.build import build_fab_from_disk
+
 from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.wire import APP_REFUSED
 

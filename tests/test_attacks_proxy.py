@@ -14,13 +14,17 @@ import threading
 
 import httpx
 import pytest
+from deployment_helpers import free_port
 from flwr.superlink.routers.control.router import router as control_router
 from flwr.superlink.routers.fleet.router import router as fleet_router
 
-from deployment_helpers import free_port
 from medfed.federation.credentials import create_credentials
-from medfed.server.coordinator.fleet_proxy import SUPERNODE_ENDPOINTS, proxy_args, write_proxy_config
 from medfed.federation.processes import stop, track
+from medfed.server.coordinator.fleet_proxy import (
+    SUPERNODE_ENDPOINTS,
+    proxy_args,
+    write_proxy_config,
+)
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -1,10 +1,10 @@
 import numpy as np
 import torch
-
 from conftest import train_settings
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.models import build_model
+
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
 from medfed.simulation.audit import membership_attack
 from medfed.simulation.partition import SiteShard
 
@@ -18,7 +18,7 @@ def test_attacks_find_the_members_of_a_memorising_model():
     # random labels on random images: the only way to fit them is to memorise them
     sites = [SiteShard(f"s{i}", _noise_images(24, i), _noise_images(24, 10 + i)) for i in range(2)]
     torch.manual_seed(0)
-    model = build_model("cnn", 1, 2, dropout=0.0)
+    model = build_classifier("cnn", 1, 2, dropout=0.0)
     members = LabelledImages(np.concatenate([s.train.images for s in sites]),
                              np.concatenate([s.train.labels for s in sites]))
     device = torch.device("cpu")
@@ -31,7 +31,7 @@ def test_attacks_find_the_members_of_a_memorising_model():
         seen.append(len(data))
         reference.load_state_dict(model.state_dict())
 
-    result = membership_attack(model, sites, "binary", device, seed=0, reference=build_model("cnn", 1, 2),
+    result = membership_attack(model, sites, "binary", device, seed=0, reference=build_classifier("cnn", 1, 2),
                                train_reference=same_as_target, test=_noise_images(40, 99))
     assert result["attack"] == "loss-threshold" and result["members"] == result["non_members"] == 48
     assert result["auc"] > 0.8

@@ -11,12 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
-
 from deployment_helpers import site_npz
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
 from medfed.cli import EXIT_BAD_INPUT, main
 from medfed.client.site_daemon.audit_log import (
-    FIELDS, GENESIS, IN, OUT, AuditLog, entry_hash, read_audit_log, verify_audit_log,
+    FIELDS,
+    GENESIS,
+    IN,
+    OUT,
+    AuditLog,
+    entry_hash,
+    read_audit_log,
+    verify_audit_log,
 )
 from medfed.errors import MedfedError
 from medfed.wire import weights_digest

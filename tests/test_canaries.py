@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_settings
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
+
 from medfed.errors import ConfigError
-from medfed.models import build_model
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
 from medfed.simulation.canaries import canary_attack, plant_canaries, wrong_labels
 from medfed.simulation.partition import SiteShard
 
@@ -63,11 +63,11 @@ def test_the_attack_finds_canaries_a_model_memorised():
     sites = _sites([60, 60])
     canaries = plant_canaries(sites, 20, 2, seed=1)
     torch.manual_seed(0)
-    model = build_model("cnn", 1, 2, dropout=0.0)
+    model = build_classifier("cnn", 1, 2, dropout=0.0)
     data = LabelledImages.concat([s.train for s in sites])
     training.train(model, data, train_settings(epochs=60, augment=False, class_weighting=False), torch.device("cpu"))
     result = canary_attack(model, canaries, "binary", torch.device("cpu"))
     assert result["members"] == result["non_members"] == 20
     assert result["auc"] > 0.8
-    untrained = canary_attack(build_model("cnn", 1, 2), canaries, "binary", torch.device("cpu"))
+    untrained = canary_attack(build_classifier("cnn", 1, 2), canaries, "binary", torch.device("cpu"))
     assert abs(untrained["auc"] - 0.5) < 0.25

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import FAST, REPO
+from PIL import Image
 
 CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"
 

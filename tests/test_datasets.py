@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfed.client.datasets import LabelledImages, LabelSpace, read_image_folder, read_npz_split
 from medfed.errors import DataError
+from medfed.models.classification.data import (
+    LabelledImages,
+    LabelSpace,
+    read_image_folder,
+    read_npz_split,
+)
 
 
 def _write_images(folder, sizes):
@@ -99,7 +104,7 @@ def test_a_failed_download_says_where_to_get_the_file_and_leaves_no_folder(tmp_p
     import types
 
     from medfed.errors import DataError
-    from medfed.simulation.medmnist import medmnist_path
+    from medfed.models.classification.medmnist import medmnist_path
 
     fake = types.ModuleType("medmnist")  # the catalogue, pointing at an address that refuses at once
     fake.INFO = {"pneumoniamnist": {"url": "http://127.0.0.1:9/pneumoniamnist.npz", "MD5": "0" * 32}}
@@ -114,8 +119,8 @@ def test_a_failed_download_says_where_to_get_the_file_and_leaves_no_folder(tmp_p
 def test_missing_drive_says_where_it_comes_from(tmp_path):
     from omegaconf import OmegaConf
 
-    from medfed.client.segmentation_sources import read_source
     from medfed.errors import DataError
+    from medfed.models.segmentation.data import read_source
 
     source = OmegaConf.create({"format": "drive", "path": "DRIVE", "split": "train"})
     with pytest.raises(DataError, match="drive.grand-challenge.org"):

@@ -14,24 +14,51 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
-
 from conftest import pneumonia_or_skip
 from deployment_helpers import (
-    Procs, experiment_yaml, free_port, shards, site_yaml, synthetic_images, trial_credentials, until,
+    Procs,
+    experiment_yaml,
+    free_port,
+    shards,
+    site_yaml,
+    synthetic_images,
+    trial_credentials,
+    until,
 )
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+
 from medfed.client.site_daemon.audit_log import FIELDS, read_audit_log
 from medfed.client.site_daemon.message_checks import (
-    HISTOGRAM_BINS, ReplyWithheld, check_reply, model_layout,
+    HISTOGRAM_BINS,
+    ReplyWithheld,
+    check_reply,
+    model_layout,
 )
 from medfed.client.site_daemon.site_config import load_site_config
 from medfed.client.site_daemon.site_control import SiteControl
 from medfed.config import load_config
 from medfed.errors import MedfedError
-from medfed.wire import BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED, weights_digest
 from medfed.federation import processes
 from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
+from medfed.wire import (
+    BUDGET_EXHAUSTED,
+    MALFORMED_MESSAGE,
+    POLICY_REFUSED,
+    REPLY_WITHHELD,
+    SITE_FAILED,
+    weights_digest,
+)
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
          "train.rounds=2", "logging.progress=false"]
@@ -115,8 +142,8 @@ def test_policy_refuses_runs_beyond_the_sites_privacy_terms(tmp_path, creds, pol
 def test_a_round_past_the_budget_kept_on_disk_is_refused(tmp_path, creds):
     """The site's terms allow the round, but the site has already spent most of its
     budget in earlier rounds (its accountant's file in state_dir): this round is refused."""
-    from medfed.client.site_daemon.deployed import app
     from medfed.client.privacy import SiteAccountant
+    from medfed.client.site_daemon.deployed import app
 
     site = site_yaml(tmp_path / "north", creds, extra="privacy: {max_epsilon: 5.0, delta: 0.001}\n")
     spent = SiteAccountant(tmp_path / "north" / "state", "rdp")
@@ -200,7 +227,8 @@ def test_a_reply_with_more_than_weights_and_declared_metrics_is_withheld(site, l
 
 def test_every_metric_a_task_produces_is_declared():
     from medfed.client.site_daemon.message_checks import VALIDATION_METRICS
-    from medfed.models import classification, segmentation
+    from medfed.models.classification import metrics as classification
+    from medfed.models.segmentation import metrics as segmentation
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), 12)
@@ -299,9 +327,8 @@ def coordinator_data(tmp_path) -> Path:
 
 
 def _run_config(tmp_path: Path, coordinator: Path, overrides=()) -> dict:
-    from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
-
     from medfed.config import to_yaml
+    from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, SITES_KEY, WAIT_KEY
 
     cfg = load_config(None, [*ROUND, "train.rounds=1", f"data.root={coordinator}", *overrides])
     return {CONFIG_KEY: to_yaml(cfg), OUTPUT_KEY: str(tmp_path / "run"), SITES_KEY: "101=south,102=north",
@@ -311,6 +338,7 @@ def _run_config(tmp_path: Path, coordinator: Path, overrides=()) -> dict:
 def test_deployed_server_app_runs_its_rounds_and_names_sites_by_their_keys(tmp_path, creds, coordinator_data,
                                                                         monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
+
     from medfed.server.deployed import run_deployed
 
     for key, value in (("_run_id", 11), ("_node_id", 1), ("_task_id", 1)):
@@ -327,6 +355,7 @@ def test_deployed_server_app_runs_its_rounds_and_names_sites_by_their_keys(tmp_p
 
 def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, coordinator_data, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
+
     from medfed.server.coordinator.start import follow_run
     from medfed.server.deployed import FAILED_FILE, run_deployed
     from medfed.server.rounds import RoundFailed
@@ -349,10 +378,10 @@ def test_a_run_every_site_refuses_fails_with_the_sites_reasons(tmp_path, creds, 
 
 def test_the_flower_app_is_valid_and_carries_the_experiment_intact(tmp_path):
     from flwr.cli.config_utils import load_and_validate
-    from medfed.server.deployed import experiment_from
-    from medfed.federation.flower_app import write_app
 
     from medfed.config import to_yaml
+    from medfed.federation.flower_app import write_app
+    from medfed.server.deployed import experiment_from
 
     cfg = load_config(None, ROUND)
     cfg.name = 'quotes "and" \\backslashes\\ and ünïcode\x7f'

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED, pneumonia_or_skip
 
 SCRIPT = REPO / "scripts" / "netns_demo.sh"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pneumonia_or_skip
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from PIL import Image
 
-from conftest import pneumonia_or_skip
 from medfed.errors import MedfedError
 from medfed.federation import credentials
 from medfed.federation.credentials import check_certificate, create_credentials

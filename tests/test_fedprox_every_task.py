@@ -5,26 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import separable_images, train_settings
-from medfed.client.datasets import LabelledImages
-from medfed.client.privacy import SiteAccountant, make_private_model
-from medfed.client.tasks import local_train
-from medfed.models import segmentation
-from medfed.models.gan import ConditionalGAN
-from medfed.models.registry import build_model
-from medfed.wire import DPSettings
 from test_segmentation import disks
+
+from medfed.client.local_round import local_train
+from medfed.client.privacy import SiteAccountant
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
+from medfed.models.private_layers import make_private_model
+from medfed.models.segmentation.network import build_unet
+from medfed.models.synthesis.network import ConditionalGAN
+from medfed.wire import DPSettings
 
 CPU = torch.device("cpu")
 
 
 def _cnn():
-    return make_private_model(build_model("cnn", 1, 2))  # DP-compatible, for both runs alike
+    return make_private_model(build_classifier("cnn", 1, 2))  # DP-compatible, for both runs alike
 
 
 def _unet():
-    return segmentation.build_unet("unet", 2, 1, 2, "group")
+    return build_unet("unet", 2, 1, 2, "group")
 
 
 def _gan():

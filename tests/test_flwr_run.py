@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from flwr.cli.build import build_fab_from_disk
-
 from conftest import REPO
 from deployment_helpers import free_port
+from flwr.cli.build import build_fab_from_disk
 
 
 def test_the_fab_carries_the_components_and_configs_but_not_a_second_medfed(tmp_path):

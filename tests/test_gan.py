@@ -7,23 +7,28 @@ import numpy as np
 import pytest
 import torch
 from conftest import separable_images, train_settings
-from medfed.client.datasets import LabelledImages
-from medfed.client.gan_training import _step, train_gan
-from medfed.client.privacy import BudgetExhausted, PrivateTraining, SiteAccountant
-from medfed.models.gan import ConditionalGAN, generate, recalibrate_batchnorm
-from medfed.models.synthesis_metrics import (
-    frechet_distance,
-    memorisation,
-    save_sample_grid,
-    tstr_auc,
-)
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.validators import ModuleValidator
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from medfed.client.privacy import BudgetExhausted, PrivateTraining, SiteAccountant
 from medfed.errors import ConfigError
+from medfed.models.classification.data import LabelledImages
+from medfed.models.synthesis.metrics import (
+    frechet_distance,
+    memorisation,
+    tstr_auc,
+)
+from medfed.models.synthesis.network import (
+    ConditionalGAN,
+    generate,
+    recalibrate_batchnorm,
+)
+from medfed.models.synthesis.pictures import save_sample_grid
+from medfed.models.synthesis.train import _step
+from medfed.models.synthesis.train import train as train_gan
 from medfed.wire import DPSettings
 
 CPU = torch.device("cpu")

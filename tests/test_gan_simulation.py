@@ -4,7 +4,6 @@ aggregated together, judged on the server; with DP-SGD on the discriminator."""
 import json
 
 import pytest
-
 from conftest import FAST, REPO
 
 CONFIG = REPO / "configs" / "pneumonia-gan.yaml"

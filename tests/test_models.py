@@ -5,16 +5,16 @@ from flwr.app import ConfigRecord
 
 from medfed.config import load_config
 from medfed.errors import ConfigError
-from medfed.models import MODELS, build_model
-from medfed.models.classification import loss_function, metrics
-from medfed.models.segmentation import UNET_CHANNELS, UNET_STRIDES
+from medfed.models.classification.metrics import loss_function, metrics
+from medfed.models.classification.network import MODELS, build_classifier
+from medfed.models.segmentation.network import UNET_CHANNELS, UNET_STRIDES
 from medfed.models.spec import ModelSpec
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 64)])
 def test_every_model_maps_images_to_logits(name, channels, size):
-    model = build_model(name, channels, num_classes=4, image_size=size).eval()
+    model = build_classifier(name, channels, num_classes=4, image_size=size).eval()
     with torch.no_grad():
         out = model(torch.rand(2, channels, size, size))
     assert out.shape == (2, 4)
@@ -39,7 +39,7 @@ def test_the_config_defaults_build_the_default_unet():
 
 def test_unknown_model_is_named():
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
-        build_model("vgg", 1, 2)
+        build_classifier("vgg", 1, 2)
 
 
 def test_binary_metrics_on_a_known_case():
@@ -74,7 +74,10 @@ def test_class_weights_follow_inverse_frequency_and_skip_absent_classes():
 
 
 def test_operating_threshold_maximises_youden_j():
-    from medfed.models.classification import operating_threshold, score_histogram
+    from medfed.models.classification.metrics import (
+        operating_threshold,
+        score_histogram,
+    )
 
     labels = np.array([0] * 6 + [1] * 6)
     p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.62, 0.64, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99])
@@ -87,6 +90,6 @@ def test_operating_threshold_maximises_youden_j():
 
 
 def test_operating_threshold_falls_back_for_a_single_class():
-    from medfed.models.classification import operating_threshold
+    from medfed.models.classification.metrics import operating_threshold
 
     assert operating_threshold(np.array([0, 3, 1]), np.zeros(3)) == 0.5

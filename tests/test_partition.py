@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from medfed.client.datasets import LabelledImages
 from medfed.config import load_config
 from medfed.errors import ConfigError, DataError
+from medfed.models.classification.data import LabelledImages
 from medfed.simulation.partition import partition
 from medfed.simulation.shift import site_scanners
 

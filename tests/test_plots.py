@@ -6,10 +6,14 @@ import pandas as pd
 import pytest
 
 from medfed.config import load_config
-from medfed.server.plots import fitted_limits, learning_curves_figure, plot_learning_curves
+from medfed.models.classification.data import LabelledImages
+from medfed.server.plots import (
+    fitted_limits,
+    learning_curves_figure,
+    plot_learning_curves,
+)
 from medfed.simulation.class_names import class_names
 from medfed.simulation.partition import SiteShard
-from medfed.client.datasets import LabelledImages
 from medfed.simulation.report import partition_figure, write_partition_report
 
 SITE_SIZES = {"site-000": 57, "site-001": 303, "site-002": 4, "site-003": 3}

@@ -3,16 +3,18 @@
 import dp_accounting
 import pytest
 import torch
+from conftest import separable_images, train_settings
 from opacus.accountants import RDPAccountant
 
-from conftest import separable_images, train_settings
+from medfed.client.local_round import local_train
 from medfed.client.privacy import (
-    BudgetExhausted, SiteAccountant, make_private_model,
+    BudgetExhausted,
+    SiteAccountant,
 )
-from medfed.client.tasks import local_train
 from medfed.config import load_config
 from medfed.errors import ConfigError
-from medfed.models import build_model
+from medfed.models.classification.network import build_classifier
+from medfed.models.private_layers import make_private_model
 from medfed.server.privacy import client_epsilon, client_noise_for
 from medfed.wire import DPSettings
 
@@ -42,7 +44,7 @@ def _google_epsilon(noise, rate, steps, delta):
 def _private_round(tmp_path, dp, rounds=1):
     accountant = SiteAccountant(tmp_path, "rdp")
     for r in range(rounds):  # a fresh model each round, as a site builds one per message
-        model = make_private_model(build_model("cnn", 1, 2))
+        model = make_private_model(build_classifier("cnn", 1, 2))
         result = local_train(model, _data(), _settings(seed=r), torch.device("cpu"), dp, accountant)
     return result
 
@@ -66,7 +68,7 @@ def test_budget_persists_on_disk_and_a_site_refuses_past_it(tmp_path):
     assert again.epsilon(1e-5) == pytest.approx(first["epsilon"])
     tight = _dp(max_epsilon=first["epsilon"] * 1.2)
     with pytest.raises(BudgetExhausted, match="privacy budget"):
-        model = make_private_model(build_model("cnn", 1, 2))
+        model = make_private_model(build_classifier("cnn", 1, 2))
         local_train(model, _data(), _settings(), torch.device("cpu"), tight, again)
     assert SiteAccountant(tmp_path, "rdp").epsilon(1e-5) == pytest.approx(first["epsilon"])
 
@@ -82,7 +84,7 @@ def test_unreachable_target_is_a_config_error(tmp_path):
 
 
 def test_batchnorm_is_replaced_for_dp():
-    model = make_private_model(build_model("resnet18", 1, 2))
+    model = make_private_model(build_classifier("resnet18", 1, 2))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import AUDIT, FAST, REPO
+
 from medfed.server.privacy import client_epsilon
 
 CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"

@@ -2,9 +2,9 @@
 
 import io
 
+from conftest import FAST, REPO
 from rich.console import Console
 
-from conftest import FAST, REPO
 from medfed.server.progress import RunProgress, phase, sites_status
 
 

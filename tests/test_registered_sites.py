@@ -13,10 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from deployment_helpers import synthetic_images
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from rich.console import Console
 
-from deployment_helpers import synthetic_images
 from medfed.config import load_config, to_yaml
 from medfed.federation import flwr_cli, processes
 from medfed.server.site_names import NOT_REGISTERED, NamedSites, NotRegistered

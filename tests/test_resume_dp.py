@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ONE_RAY_WORKER, REPO, write_small_pneumonia
+
 from medfed.faults import KILL_AT
 
 CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"

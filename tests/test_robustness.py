@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, REPO
 
 CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"

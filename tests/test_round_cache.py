@@ -7,16 +7,25 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
-
 from deployment_helpers import site_npz
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    RecordDict,
+)
+
 from medfed.client import app as client_app
 from medfed.client import round_cache
-from medfed.client.datasets import read_npz_split
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant
 from medfed.client.round_cache import RoundCache, round_key
 from medfed.client.site import Site
 from medfed.config import load_config
+from medfed.models.classification.data import read_npz_split
 from medfed.server.plan import initial_weights, model_spec, round_config
 from medfed.wire import RUN_KEY, weights_digest
 

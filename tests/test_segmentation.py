@@ -6,18 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from monai.data import get_track_meta
 from opacus.accountants import RDPAccountant
 from PIL import Image
 
-from conftest import REPO
+from medfed.client.local_round import local_train
 from medfed.client.privacy import SiteAccountant
-from medfed.client.tasks import local_train
-from medfed.client.segmentation_data import SegmentationImages
-from medfed.client.segmentation_training import (
-    Patches, evaluate_segmentation, train_segmentation,
+from medfed.models.segmentation import metrics as segmentation
+from medfed.models.segmentation.network import build_unet
+from medfed.models.segmentation.readers import SegmentationImages
+from medfed.models.segmentation.train import (
+    Patches,
+    evaluate_segmentation,
 )
-from medfed.models import segmentation
+from medfed.models.segmentation.train import train as train_segmentation
 from medfed.wire import DPSettings, TrainSettings
 
 CONFIG = REPO / "configs" / "drive-unet-fedavg.yaml"
@@ -76,7 +79,7 @@ def test_dice_matches_its_definition():
 def test_unets_have_no_layer_opacus_rejects(name):
     from opacus.validators import ModuleValidator
 
-    model = segmentation.build_unet(name, 2, 1, 2, "group")
+    model = build_unet(name, 2, 1, 2, "group")
     assert ModuleValidator.validate(model, strict=False) == []
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)
 
@@ -102,7 +105,7 @@ def test_clahe_brings_out_a_faint_line_in_a_dark_region():
 def test_training_learns_the_foreground():
     data, test = disks(12), disks(4, seed=9)
     torch.manual_seed(0)
-    model = segmentation.build_unet("unet", 2, 1, 2)
+    model = build_unet("unet", 2, 1, 2)
     before = evaluate_segmentation(model, test, 32, torch.device("cpu"))["dice"]
     result = train_segmentation(model, data, settings(), torch.device("cpu"))
     after = evaluate_segmentation(model, test, 32, torch.device("cpu"))
@@ -125,7 +128,7 @@ def test_private_training_reports_the_accountants_epsilon(tmp_path):
     dp = DPSettings(noise_multiplier=1.1, target_epsilon=None, planned_rounds=1, delta=1e-3,
                     max_grad_norm=1.0, max_epsilon=None)
     torch.manual_seed(0)
-    model = segmentation.build_unet("unet", 2, 1, 2, "group")
+    model = build_unet("unet", 2, 1, 2, "group")
     result = local_train(model, data, settings(steps=6), torch.device("cpu"), dp, SiteAccountant(tmp_path, "rdp"))
     independent = RDPAccountant()
     independent.history = [(1.1, result["sample-rate"], 6)]

@@ -9,14 +9,14 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from medfed.client.segmentation_data import (
+from medfed.errors import DataError
+from medfed.models.segmentation.readers import (
     SegmentationImages,
     read_dicom_series,
     read_drive,
     read_mask_folder,
     read_nifti_folder,
 )
-from medfed.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVE = Path(os.environ.get("MEDFED_DATA_DIR") or REPO.parent / "shared" / "datasets") / "DRIVE"

@@ -4,9 +4,8 @@ code 2, and no run folder left behind."""
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 CONFIG = REPO / "configs" / "drive-unet-fedavg.yaml"
 

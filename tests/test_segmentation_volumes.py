@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO
-from medfed.client.segmentation_data import read_nifti_folder
+
 from medfed.config import load_config
-from medfed.models import segmentation
+from medfed.models.segmentation import metrics as segmentation
+from medfed.models.segmentation import pictures as examples
+from medfed.models.segmentation.readers import read_nifti_folder
 from medfed.models.spec import ModelSpec
-from medfed.server import examples
 from medfed.simulation.partition import case_name, partition
 
 CONFIG = REPO / "configs" / "drive-unet-fedavg.yaml"

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import AUDIT, FAST, REPO
 
 CONFIG = REPO / "configs" / "pneumonia-fedavg.yaml"

@@ -19,21 +19,29 @@ from pathlib import Path
 
 import dp_accounting
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from conftest import FAST, REPO
+from deployment_helpers import site_yaml
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    Metadata,
+    RecordDict,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
-from conftest import FAST, REPO
-from deployment_helpers import site_yaml
-from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant, history_epsilon
+from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.config import load_config
-from medfed.wire import BUDGET_EXHAUSTED, POLICY_REFUSED
 from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
+from medfed.wire import BUDGET_EXHAUSTED, POLICY_REFUSED
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
          "train.rounds=2", "logging.progress=false"]
@@ -204,11 +212,12 @@ def test_an_honest_round_reports_the_sites_epsilon_at_its_own_delta(tmp_path, cr
 
 def test_a_virtual_site_refuses_with_the_same_check(tmp_path):
     """The simulation's ClientApp, with a virtual site's terms from the experiment config."""
-    from medfed.client.app import make_client_app
-    from medfed.client.datasets import read_npz_split
-    from medfed.client.site import Site
-    from medfed.simulation.virtual_sites import simulated_terms
     from deployment_helpers import site_npz
+
+    from medfed.client.app import make_client_app
+    from medfed.client.site import Site
+    from medfed.models.classification.data import read_npz_split
+    from medfed.simulation.virtual_sites import simulated_terms
 
     data = site_npz(tmp_path / "data.npz")
     terms = simulated_terms(load_config(None, [*ROUND, *DP]))

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
-
 from conftest import flower_message
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
 from medfed.config import load_config
 from medfed.errors import ConfigError

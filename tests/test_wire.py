@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import flower_message
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from conftest import flower_message
 from medfed import wire
-from medfed.client.site_daemon.message_checks import ROUND_SETTINGS, SAMPLE_DP_SETTINGS, MalformedMessage, check_incoming
+from medfed.client.site_daemon.message_checks import (
+    ROUND_SETTINGS,
+    SAMPLE_DP_SETTINGS,
+    MalformedMessage,
+    check_incoming,
+)
 from medfed.client.site_policy import PolicyRefusal, accept_round
 from medfed.client.site_terms import SitePrivacy, SiteTerms
 from medfed.config import load_config

@@ -9,8 +9,8 @@ from flwr.app import Context, Error, Message
 
 from medfed.client.app import make_client_app
 from medfed.client.site_daemon.deployed_site import locate_deployed_site
-from medfed.wire import MALFORMED_MESSAGE
 from medfed.client.site_daemon.site_control import site_control_mod
+from medfed.wire import MALFORMED_MESSAGE
 
 app = make_client_app(lambda context: locate_deployed_site(context.node_config), mods=[site_control_mod])
 

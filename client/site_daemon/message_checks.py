@@ -19,17 +19,22 @@ import numpy as np
 from flwr.app import Message, MessageType
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
-from medfed.config import TASKS
 from medfed.errors import MedfedError
-from medfed.models import classification, segmentation
-from medfed.models.classification import LOGIT_EDGES
-from medfed.models.registry import TASK_MODELS
+from medfed.models.classification.metrics import LOGIT_EDGES
 from medfed.models.spec import ModelSpec
+from medfed.models.tasks import TASKS
 from medfed.wire import (
-    DP_MECHANISM, HISTOGRAMS, PRIVACY_KEYS, SERVER_ROUND, UNIT_WEIGHT, VALIDATION_PREFIX, DPSettings, TrainSettings,
-    WireKey, wire_keys,
+    DP_MECHANISM,
+    HISTOGRAMS,
+    PRIVACY_KEYS,
+    SERVER_ROUND,
+    UNIT_WEIGHT,
+    VALIDATION_PREFIX,
+    DPSettings,
+    TrainSettings,
+    WireKey,
+    wire_keys,
 )
-
 
 ACCEPTED_TYPES = (MessageType.TRAIN, MessageType.EVALUATE)
 # every key of the round's settings, with its type, as the wire's dataclasses declare them
@@ -38,11 +43,8 @@ SAMPLE_DP_SETTINGS = wire_keys(DPSettings)
 SCALAR_METRICS = frozenset({"train_loss", "num-examples", "site", UNIT_WEIGHT, KEY_NORM_BIT, *PRIVACY_KEYS})
 HISTOGRAM_BINS = len(LOGIT_EDGES) - 1
 # validation metrics each task declares (the GAN is scored on the coordinator's test set only)
-VALIDATION_METRICS = {
-    "classification": frozenset(VALIDATION_PREFIX + name for name in classification.METRIC_NAMES),
-    "segmentation": frozenset(VALIDATION_PREFIX + name for name in segmentation.METRIC_NAMES),
-    "gan": frozenset(),
-}
+VALIDATION_METRICS = {name: frozenset(VALIDATION_PREFIX + m for m in t.file("metrics").METRIC_NAMES)
+                      for name, t in TASKS.items()}
 
 
 class MalformedMessage(MedfedError):
@@ -121,7 +123,7 @@ def _check_incoming(msg: Message) -> ModelSpec:
         spec = ModelSpec.from_config(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"the round's config does not describe a model ({exc})") from exc
-    if spec.task not in TASKS or spec.name not in TASK_MODELS[spec.task]:
+    if spec.task not in TASKS or spec.name not in TASKS[spec.task].networks:
         raise MalformedMessage(f"unknown model '{spec.name}' for task '{spec.task}'")
     if config["local-epochs"] < 1 or config["batch-size"] < 1 or config.get("local-steps", 1) < 1:
         raise MalformedMessage("local-epochs, local-steps (when given) and batch-size must be >= 1")

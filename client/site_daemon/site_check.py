@@ -23,15 +23,30 @@ import pandas as pd
 import pydicom
 from omegaconf import DictConfig
 
-from medfed.client.datasets import IMAGE_SUFFIXES, _parse_labels, _read_image, read_npz_split
 from medfed.client.site_daemon.phi import phi_tags
-from medfed.client.segmentation_data import (
-    _DICOM_ERRORS, LABEL_SUFFIXES, MAX_LABELS, NIFTI_SUFFIXES, _grey, _list_files, _pair, _read_mask_volume,
-    _read_picture, _same_size, _volume, dicom_files,
-)
 from medfed.client.site_daemon.site_config import read_site_data
 from medfed.client.site_terms import delta_problem, site_delta
 from medfed.errors import DataError
+from medfed.models.classification.data import (
+    IMAGE_SUFFIXES,
+    _parse_labels,
+    _read_image,
+    read_npz_split,
+)
+from medfed.models.segmentation.readers import (
+    _DICOM_ERRORS,
+    LABEL_SUFFIXES,
+    MAX_LABELS,
+    NIFTI_SUFFIXES,
+    _grey,
+    _list_files,
+    _pair,
+    _read_mask_volume,
+    _read_picture,
+    _same_size,
+    _volume,
+    dicom_files,
+)
 
 REPORT_FILE = "site-check.json"
 

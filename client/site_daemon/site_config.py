@@ -17,9 +17,16 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medfed.client.site_terms import SiteLimits, SitePrivacy, SiteTerms, validate_limits, validate_privacy_terms
-from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, TASKS, _valid_device, merge_yaml
+from medfed.client.site_terms import (
+    SiteLimits,
+    SitePrivacy,
+    SiteTerms,
+    validate_limits,
+    validate_privacy_terms,
+)
+from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, _valid_device, merge_yaml
 from medfed.errors import ConfigError, DataError, MedfedError
+from medfed.models.tasks import TASKS
 
 DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
@@ -180,12 +187,10 @@ def _load(loader, path: str, key: str, check):
 
 
 def _validate_policy(p: DictConfig, check) -> None:
-    from medfed.models.registry import TASK_MODELS
-
     check(len(p.tasks) > 0, "policy.tasks", f"list at least one of {', '.join(TASKS)}")
     for task in p.tasks:
         check(task in TASKS, "policy.tasks", f"'{task}' is not one of {', '.join(TASKS)}")
-    known = [m for task in p.tasks for m in TASK_MODELS[task]]
+    known = [m for task in p.tasks if task in TASKS for m in TASKS[task].networks]
     for model in p.models:
         check(model in known, "policy.models", f"'{model}' is not a model of {', '.join(p.tasks)} "
               f"(choose from {', '.join(known)})")
@@ -196,8 +201,8 @@ def _validate_policy(p: DictConfig, check) -> None:
 
 def read_site_data(cfg: DictConfig) -> tuple:
     """The site's train and validation sets, read as its ClientApp will train on them."""
-    from medfed.client.datasets import read_image_folder, read_npz_split
-    from medfed.client.segmentation_sources import read_source
+    from medfed.models.classification.data import read_image_folder, read_npz_split
+    from medfed.models.segmentation.data import read_source
 
     d = cfg.data
     path = Path(d.path)
@@ -215,7 +220,7 @@ def read_site_data(cfg: DictConfig) -> tuple:
 def axial_slices(data):
     """3D items (D, H, W, C) as their 2D slices ``name:z``: one DICOM series then trains a 2D
     network and still leaves slices for local validation."""
-    from medfed.client.segmentation_data import SegmentationImages
+    from medfed.models.segmentation.readers import SegmentationImages
 
     items = [(image[z], mask[z], None if fov is None else fov[z], f"{name}:{z}")
              for image, mask, fov, name in zip(data.images, data.masks, data.fov, data.names)

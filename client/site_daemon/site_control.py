@@ -20,15 +20,28 @@ from flwr.app import Context, Error, Message
 from omegaconf import DictConfig
 
 from medfed.client.site_daemon.audit_log import IN, OUT, AuditLog, round_of
-from medfed.client.site_daemon.deployed_site import locate_deployed_site, site_config_from
+from medfed.client.site_daemon.deployed_site import (
+    locate_deployed_site,
+    site_config_from,
+)
 from medfed.client.site_daemon.message_checks import (
-    MalformedMessage, ReplyWithheld, check_incoming, check_reply, check_weights,
+    MalformedMessage,
+    ReplyWithheld,
+    check_incoming,
+    check_reply,
+    check_weights,
 )
 from medfed.client.site_policy import accept_round
 from medfed.client.site_terms import RoundRefused
 from medfed.errors import MedfedError
 from medfed.wire import (
-    AUDIT_FAILED, BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED, SITE_MISCONFIGURED,
+    AUDIT_FAILED,
+    BUDGET_EXHAUSTED,
+    MALFORMED_MESSAGE,
+    POLICY_REFUSED,
+    REPLY_WITHHELD,
+    SITE_FAILED,
+    SITE_MISCONFIGURED,
 )
 
 log = logging.getLogger("medfed.site")

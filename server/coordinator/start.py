@@ -28,8 +28,23 @@ from rich.console import Console
 from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.errors import ConfigError, MedfedError
 from medfed.federation import flwr_cli
-from medfed.server.coordinator.state import forget, read_state, running, state_path, tracked, write_state
-from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
+from medfed.federation.processes import (
+    Tracked,
+    alive,
+    command,
+    flower_env,
+    spawn,
+    stop,
+    track,
+)
+from medfed.server.coordinator.state import (
+    forget,
+    read_state,
+    running,
+    state_path,
+    tracked,
+    write_state,
+)
 
 SUPERLINK_LOG = "superlink.log"
 READY_TIMEOUT = 60.0
@@ -61,8 +76,7 @@ def load_experiment(opts: StartOptions) -> DictConfig:
     if simulated_misbehaviour(cfg):
         raise ConfigError(f"{opts.config}: attack and faults are simulated by 'medfed simulate' only; "
                           "remove them from a deployed run")
-    from medfed.simulation.medmnist import data_dir
-    from medfed.simulation.sources import load_experiment_data
+    from medfed.models.experiment_data import data_dir, load_experiment_data
 
     # the ServerApp runs in another process and folder: the data folder must mean what it means here
     cfg.data.root = str(data_dir(cfg.data.root).resolve())
@@ -71,9 +85,8 @@ def load_experiment(opts: StartOptions) -> DictConfig:
 
 
 def check_output(out: Path, resume: bool, cfg: DictConfig) -> None:
-    from medfed.server.outputs import CONFIG, SUMMARY
-
     from medfed.config import to_yaml
+    from medfed.server.outputs import CONFIG, SUMMARY
 
     if resume:
         if not (out / CONFIG).is_file():
@@ -174,7 +187,11 @@ def wait_until_listening(process: Tracked, address: str, log_file: Path) -> None
 
 def start_proxy(opts: StartOptions, state_dir: Path, superlink_port: int, tls) -> Tracked:
     """nginx on ``--host``/``--port``, forwarding the sites' Fleet API to the SuperLink."""
-    from medfed.server.coordinator.fleet_proxy import PROXY_DIR, proxy_args, write_proxy_config
+    from medfed.server.coordinator.fleet_proxy import (
+        PROXY_DIR,
+        proxy_args,
+        write_proxy_config,
+    )
 
     config = write_proxy_config(state_dir, opts.host, opts.port, superlink_port, tls)
     process = spawn(proxy_args(config), state_dir / PROXY_DIR / "nginx.out", flower_env())
@@ -274,10 +291,9 @@ def start_federation(opts: StartOptions, console: Console) -> int:
 
 def _run(cfg, opts: StartOptions, state: dict, state_dir: Path, out: Path, daemons: list[Tracked], signer,
          console: Console) -> int:
+    from medfed.config import to_yaml
     from medfed.federation.flower_app import write_app
     from medfed.server.site_names import format_site_nodes
-
-    from medfed.config import to_yaml
 
     nodes = {node: name for name, node in state["sites"].items()}
     if opts.resume:

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from medfed.errors import MedfedError
 from medfed.federation import flwr_cli
+from medfed.federation.processes import alive
 from medfed.server.coordinator.start import read_rounds
 from medfed.server.coordinator.state import read_state, tracked
-from medfed.federation.processes import alive
 
 
 def federation_status(state_dir: Path, console: Console) -> dict:

@@ -1,10 +1,9 @@
-"""Pictures of what the final model does, for the people who judge it by eye.
-
-Segmentation: ``overlays/NAME.png`` for the first test images, each showing the image
+"""Pictures of what the final segmentation model does, for the people who judge it by eye:
+``overlays/NAME.png`` for the first test images, each showing the image
 (a chosen channel, or a composite of two or three), the reference and the prediction:
 for one class, true positives white, misses red, false alarms blue; for several, a
 colour per class. Volumes show the slice with the most reference foreground; outside
-the field of view is dimmed. GAN: the final ``samples.png`` grid.
+the field of view is dimmed.
 """
 
 from __future__ import annotations
@@ -20,33 +19,27 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from medfed.client import training  # noqa: E402
-from medfed.client.tasks import GAN, SEGMENTATION, inference_window  # noqa: E402
+from medfed.models import local_training  # noqa: E402
+from medfed.models.segmentation.train import inference_window, predict  # noqa: E402
 from medfed.models.spec import ModelSpec  # noqa: E402
 
 OVERLAYS = "overlays"
 log = logging.getLogger("medfed")
 
 
-def save_examples(cfg: DictConfig, spec: ModelSpec, weights: dict[str, torch.Tensor], test, out: Path) -> None:
-    if spec.task == SEGMENTATION:
-        seg = cfg.data.segmentation
-        save_overlays(spec, weights, test, out / OVERLAYS, seg.overlays, cfg.train.device, list(seg.overlay_channels))
-    elif spec.task == GAN:
-        from medfed.server.synthesis import save_final_grid
-
-        save_final_grid(spec, weights, out, cfg.seed, cfg.train.device)
+def save_pictures(cfg: DictConfig, spec: ModelSpec, weights: dict[str, torch.Tensor], test, out: Path) -> list[Path]:
+    """Overlays of the first ``data.segmentation.overlays`` test images."""
+    seg = cfg.data.segmentation
+    return save_overlays(spec, weights, test, out / OVERLAYS, seg.overlays, cfg.train.device, list(seg.overlay_channels))
 
 
 def save_overlays(spec: ModelSpec, weights, test, folder: Path, count: int, device: str,
                   channels: list[int] | None = None) -> list[Path]:
     """One PNG per test image (the first ``count``); an image that cannot be drawn is logged
     and skipped, so that the run's summary is still written."""
-    from medfed.client.segmentation_training import predict
-
     model = spec.build()
     model.load_state_dict(weights)
-    dev = training.resolve_device(device)
+    dev = local_training.resolve_device(device)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(min(count, len(test))):

@@ -10,7 +10,7 @@ ever sees noise and labels; `generate` samples with its BatchNorm statistics
 recomputed for the current weights (`recalibrate_batchnorm`).
 
 Pixel ranges: the generator outputs and the discriminator takes images in [-1, 1]
-(tanh); `ConditionalGAN.sample` returns [0, 1], like `training.to_tensor`, and
+(tanh); `ConditionalGAN.sample` returns [0, 1], like `local_training.to_tensor`, and
 `generate` returns uint8, like a site's data.
 """
 
@@ -20,14 +20,14 @@ import copy
 
 import numpy as np
 import torch
-from medfed.client.datasets import LabelledImages
 from torch import nn
 
 from medfed.errors import ConfigError
+from medfed.models.classification.data import LabelledImages
 
 
 def to_signed(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images (as `training.to_tensor` gives them) to the GAN's [-1, 1]."""
+    """[0, 1] images (as `local_training.to_tensor` gives them) to the GAN's [-1, 1]."""
     return images * 2.0 - 1.0
 
 
@@ -150,6 +150,12 @@ class ConditionalGAN(nn.Module):
         finally:
             self.generator.train(was_training)
         return images.add(1.0).div(2.0).clamp(0.0, 1.0)
+
+
+def build(spec) -> ConditionalGAN:
+    """The GAN a `ModelSpec` describes: ``num_classes`` conditions, ``image_size`` pixels."""
+    return ConditionalGAN(latent_dim=spec.latent_dim, num_classes=spec.num_classes, channels=spec.in_channels,
+                          image_size=spec.image_size)
 
 
 def generate(

@@ -8,12 +8,12 @@ with ``pip install --no-deps medmnist`` where downloads are wanted.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from medfed.errors import ConfigError, DataError
+from medfed.models.experiment_data import data_dir
 
 # Every 2D MedMNIST v2 dataset; labels tell binary, multi-class and multi-label apart.
 DATASETS_2D = (
@@ -21,12 +21,6 @@ DATASETS_2D = (
     "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
 )
 SIZES = (28, 64, 128, 224)
-
-
-def data_dir(root: str | None = None) -> Path:
-    """Where datasets live, in this order: the config's ``data.root``, ``$MEDFED_DATA_DIR``,
-    the ``data`` folder of the working directory (the quick start links the shared data there)."""
-    return Path(root or os.environ.get("MEDFED_DATA_DIR") or "data").expanduser()
 
 
 def file_name(flag: str, size: int) -> str:

@@ -14,11 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from medfed.errors import DataError
+from medfed.errors import ConfigError, DataError
+from medfed.models.classification.medmnist import medmnist_path
+from medfed.models.experiment_data import ExperimentData, data_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
+HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 
 
 @dataclass
@@ -179,3 +185,38 @@ def _parse_labels(column: pd.Series, csv: Path, name: str) -> np.ndarray:
         return text.astype(np.int64).to_numpy()
     except ValueError as exc:
         raise DataError(f"{csv}: '{name}' must hold integer class indices ({exc})") from exc
+
+
+def load_experiment(cfg: DictConfig) -> ExperimentData:
+    """The pool (MedMNIST train + val, or a folder's images) and the test set, of one image size."""
+    d = cfg.data
+    if d.dataset == "folder":
+        pool, test, source = _folder(cfg)
+    else:
+        path = medmnist_path(d.dataset, d.size, d.root)
+        train, val = read_npz_split(path, "train"), read_npz_split(path, "val")
+        pool = LabelledImages.concat([train, val])
+        test, source = read_npz_split(path, "test"), str(path)
+    if pool.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(
+            f"{source}: training images are {pool.images.shape[1:]} but test images are "
+            f"{test.images.shape[1:]}; all images must have one size"
+        )
+    return ExperimentData(pool, test, LabelSpace.infer(pool, test), source, int(pool.images.shape[1]))
+
+
+def _folder(cfg: DictConfig) -> tuple[LabelledImages, LabelledImages, str]:
+    f = cfg.data.folder
+    if not f.images or not f.labels_csv:
+        raise ConfigError("data.dataset is 'folder': set data.folder.images and data.folder.labels_csv")
+    base = data_dir(cfg.data.root)
+    images, csv = base / f.images, base / f.labels_csv
+    site_column = f.site_column or (cfg.partition.site_column if cfg.partition.scheme == "natural" else None)
+    pool = read_image_folder(images, csv, f.image_column, f.label_column, site_column)
+    if f.test_csv:
+        test = read_image_folder(images, base / f.test_csv, f.image_column, f.label_column)
+        return pool, test, str(csv)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(pool))
+    cut = max(1, int(round(len(pool) * HELD_OUT_TEST_FRACTION)))
+    return pool.subset(np.sort(order[cut:])), pool.subset(np.sort(order[:cut])), str(Path(csv))

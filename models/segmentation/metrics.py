@@ -1,8 +1,7 @@
-"""What a segmentation network needs: the U-Nets, their loss and their metrics.
+"""How a segmentation network sees, learns and is scored: the normalisation, the loss
+and the metrics.
 
-Networks are MONAI's UNet and BasicUNet in 2D or 3D with instance or group
-normalisation, which Opacus trains privately as they are (no BatchNorm). The loss is
-MONAI's Dice + cross-entropy. Metrics come from MONAI (Dice, IoU, 95th-percentile
+The loss is MONAI's Dice + cross-entropy. Metrics come from MONAI (Dice, IoU, 95th-percentile
 Hausdorff distance) and scikit-learn (pixel AUC); every metric is computed inside the
 field-of-view mask when the image has one, as the DRIVE protocol and its published
 results do.
@@ -10,7 +9,6 @@ results do.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -20,37 +18,9 @@ from torch import nn
 # MONAI and scikit-learn are imported in the functions that use them: every party imports
 # this module (for its constants), and MONAI alone costs 1.7 s of CPU in each process
 
-SEGMENTATION = "segmentation"
 AUC_PIXELS = 2_000_000  # pixels scored for the AUC: a fixed random sample beyond this
 # every name `metrics` and `summarise` return: a site's replies may carry these and nothing else
 METRIC_NAMES = frozenset({"dice", "iou", "hd95", "auc", "images"})
-
-
-UNET_CHANNELS = (16, 32, 64, 128)
-# The first level keeps full resolution: vessels and other thin structures are one or two
-# pixels wide, and a stride-2 first layer cost 0.009 Dice on DRIVE (docs/results.md).
-UNET_STRIDES = (1, 2, 2)
-
-
-def build_unet(name: str, spatial_dims: int, in_channels: int, num_classes: int,
-               norm: str = "instance", dropout: float = 0.0,
-               channels: tuple[int, ...] = UNET_CHANNELS, strides: tuple[int, ...] = UNET_STRIDES) -> nn.Module:
-    """``unet``: MONAI UNet with residual units, ``channels`` per level and ``strides``
-    between levels (the defaults: 16-128 channels, about 0.2 M parameters in 2D);
-    ``basicunet``: MONAI BasicUNet (16-128 features). Input ``(B, C, *spatial)`` with every
-    spatial size a multiple of the product of ``strides`` (unet) or of 16 (basicunet);
-    output ``(B, num_classes, *spatial)`` logits."""
-    from monai.networks.nets import BasicUNet, UNet
-
-    if norm == "instance":
-        layer = ("instance", {"affine": True})
-    else:  # UNet's top block normalises num_classes channels too: the groups must divide them
-        layer = ("group", {"num_groups": math.gcd(8, num_classes) if name == "unet" else 8})
-    if name == "unet":
-        return UNet(spatial_dims, in_channels, num_classes, channels=tuple(channels), strides=tuple(strides),
-                    num_res_units=1, norm=layer, dropout=dropout)
-    return BasicUNet(spatial_dims, in_channels, num_classes, features=(16, 16, 32, 64, 128, 16),
-                     norm=layer, dropout=dropout)
 
 
 def loss_function() -> nn.Module:
@@ -172,3 +142,17 @@ def summarise(per_image: list[dict[str, float]]) -> dict[str, float]:
            else float("nan") for k in keys}
     out["images"] = len(per_image)
     return out
+
+
+def scorer(cfg, spec, test, train_pool, out, device):
+    """How the server scores the global network: whole test images by sliding window, per
+    class and per region (``data.segmentation.regions``) too."""
+    from medfed.models.segmentation.train import evaluate_segmentation, inference_window
+
+    regions = {name: list(classes) for name, classes in cfg.data.segmentation.regions.items()}
+
+    def score(model, threshold, rnd):
+        return evaluate_segmentation(model, test, inference_window(spec.image_size), device, spec.contrast,
+                                     per_class=True, regions=regions)
+
+    return score

@@ -8,22 +8,19 @@
   loop and metrics, so the number is comparable with the classifiers medfed trains.
 - `memorisation`: near-copies of training images, by nearest-neighbour distances in
   pixel space calibrated on real held-out images; no library computes this test.
-- `save_sample_grid`: a PNG of samples, one row per class, for a report.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 from torch import nn
 
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.models import build_model
+from medfed.models import local_training
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
 from medfed.wire import TrainSettings
 
 
@@ -35,7 +32,7 @@ def classifier_features(
     (D = 128 for `SmallCNN`), computed in eval mode."""
     classifier.to(device).eval()
     parts = [
-        classifier.features(training.to_tensor(images[start : start + batch_size]).to(device)).cpu()
+        classifier.features(local_training.to_tensor(images[start : start + batch_size]).to(device)).cpu()
         for start in range(0, len(images), batch_size)
     ]
     return torch.cat(parts).double().numpy()
@@ -108,29 +105,19 @@ def tstr_auc(
 ) -> float:
     """Train-on-Synthetic-Test-on-Real: the test AUC of a fresh `SmallCNN` trained with
     `training.train` on ``generated`` alone (seeded by ``settings.seed``)."""
-    training.seed_everything(settings.seed)
-    model = build_model("cnn", generated.channels, settings.num_classes, generated.images.shape[1])
+    local_training.seed_everything(settings.seed)
+    model = build_classifier("cnn", generated.channels, settings.num_classes, generated.images.shape[1])
     training.train(model, generated, settings, device)
     return training.evaluate(model, test, settings.kind, device)["auc"]
 
 
-def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8) -> Path:
-    """Write a PNG of the first ``per_class`` uint8 images ``(N, H, W, C)`` of each class,
-    one row per class (grey for one channel), with a one-pixel gap. Written to a
-    temporary name and renamed, so a reader never sees half a file."""
-    from PIL import Image
+# a site validates nothing of a GAN: it is judged on the server's test set only
+METRIC_NAMES: frozenset[str] = frozenset()
 
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    _, h, w, c = images.shape
-    gap = 1
-    grid = np.zeros((len(classes) * (h + gap) - gap, per_class * (w + gap) - gap, c), np.uint8)
-    for row, cls in enumerate(classes):
-        for col, index in enumerate(np.flatnonzero(labels == cls)[:per_class]):
-            grid[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = images[index]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(partial, format="PNG")
-    os.replace(partial, path)
-    return path
+
+def scorer(cfg, spec, test, train_pool, out, device):
+    """How the server judges the global GAN: `SynthesisJudge` (TSTR, Fréchet distance,
+    memorisation), which also draws a sample grid every round."""
+    from medfed.models.synthesis.judge import SynthesisJudge
+
+    return SynthesisJudge(cfg, spec, train_pool, test, device, out)

@@ -23,8 +23,8 @@ from nibabel.filebasedimages import ImageFileError
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
-from medfed.client.datasets import IMAGE_SUFFIXES
 from medfed.errors import ConfigError, DataError
+from medfed.models.classification.data import IMAGE_SUFFIXES
 
 MAX_LABELS = 16  # a label map holds classes 0..15; more distinct values means a grey picture
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -297,7 +297,9 @@ def _read_mask_volume(path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    from monai.data import NibabelReader  # MONAI is imported when files are read: 1.7 s of CPU
+    from monai.data import (
+        NibabelReader,  # MONAI is imported when files are read: 1.7 s of CPU
+    )
 
     reader = NibabelReader()  # arrays as stored: no reorientation, no squeezing
     try:

@@ -18,10 +18,9 @@ from monai.transforms.utils import map_binary_to_indices
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medfed.client import training
-from medfed.client.privacy import PrivateTraining
-from medfed.client.segmentation_data import SegmentationImages
-from medfed.models import segmentation
+from medfed.models import local_training
+from medfed.models.segmentation import metrics as segmentation
+from medfed.models.segmentation.readers import SegmentationImages
 from medfed.wire import TrainSettings
 
 PATCH_OVERLAP = 0.25
@@ -78,15 +77,15 @@ def _pad_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return nn.functional.pad(x, pads) if any(pads) else x
 
 
-def train_segmentation(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: torch.device,
-                       private: PrivateTraining | None = None) -> dict[str, float]:
+def train(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: torch.device,
+          private: local_training.Private | None = None) -> dict[str, float]:
     """Train in place on random patches (``s.steps`` batches, or ``s.epochs`` passes of one
     patch per image); return the mean loss and counts. With ``private``, DP-SGD with a
     patient's image as the unit of privacy, and the privacy spent."""
-    generator = training.seed_everything(s.seed)
+    generator = local_training.seed_everything(s.seed)
     patches = Patches(data, s.patch_size, generator, s.contrast)
     model.to(device).train()
-    optimizer = training.make_optimizer(model, s)
+    optimizer = local_training.make_optimizer(model, s)
     if private is None:
         loader = DataLoader(patches, batch_size=s.batch_size, sampler=torch.utils.data.RandomSampler(
             patches, replacement=True, num_samples=s.batch_size, generator=generator))
@@ -95,7 +94,8 @@ def train_segmentation(model: nn.Module, data: SegmentationImages, s: TrainSetti
         loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
         net, optimizer, loader = private.make_private(model, optimizer, loader)
         batches, steps = private.batches(loader), private.steps
-    result = _fit(net, batches, optimizer, s, steps, device) | {"num-examples": len(data)}
+    amp = local_training.MixedPrecision(s.amp, device, private is not None)
+    result = _fit(net, batches, optimizer, s, steps, device, amp) | {"num-examples": len(data)}
     return result | private.spent() if private is not None else result
 
 
@@ -104,17 +104,20 @@ def _repeat(loader: DataLoader):
         yield from loader
 
 
-def _fit(model: nn.Module, batches, optimizer, s: TrainSettings, steps: int,
-         device: torch.device) -> dict[str, float]:
+def _fit(model: nn.Module, batches, optimizer, s: TrainSettings, steps: int, device: torch.device,
+         amp: local_training.MixedPrecision) -> dict[str, float]:
     loss_fn = segmentation.loss_function()
-    proximal = training.ProximalStep(model, s)
+    proximal = local_training.ProximalStep(model, s)
     total, taken = 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with amp.forward():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)  # Dice in float32: its sums of small terms lose bits in float16
+        amp.backward(loss)
+        amp.step(optimizer)
+        amp.update()
         proximal()
         total += float(loss.detach())
         taken += 1
@@ -152,3 +155,16 @@ def evaluate_segmentation(model: nn.Module, data: SegmentationImages, patch: int
                                       per_class, regions)
                  for image, mask, fov in zip(data.images, data.masks, data.fov)]
     return segmentation.summarise(per_image)
+
+
+def validate(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: torch.device,
+             histogram: bool = False) -> dict[str, float]:
+    """A site's Dice, IoU, HD95 and pixel AUC of ``model`` on its validation images."""
+    return evaluate_segmentation(model, data, inference_window(s.patch_size), device, s.contrast)
+
+
+def inference_window(patch: int) -> int:
+    """Sliding-window size at inference: the training patch. Larger windows cost less
+    but their instance-norm statistics differ from training (measured on DRIVE: Dice
+    0.789 at 64 px, 0.787 at 128, 0.779 at 256, same model)."""
+    return patch

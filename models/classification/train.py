@@ -6,94 +6,28 @@ server's global evaluation, so every mode trains exactly the same way.
 
 from __future__ import annotations
 
-import random
-from contextlib import nullcontext
-
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medfed.client.datasets import LabelledImages
-from medfed.models import classification
-from medfed.wire import TrainSettings
-
-if TYPE_CHECKING:
-    from medfed.client.privacy import PrivateTraining
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a generator for data order and augmentation."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, C)`` uint8 to ``(N, C, H, W)`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
-
-
-def random_shift(batch: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels, padding with edge values.
-
-    Written by hand because MONAI's per-sample RandAffine costs more than the whole
-    training step of a small network on a CPU; this is one pad and one gather.
-    """
-    n, _, h, w = batch.shape
-    padded = nn.functional.pad(batch, (max_shift,) * 4, mode="replicate")
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    index_n = torch.arange(n)[:, None, None, None]
-    index_c = torch.arange(batch.shape[1])[None, :, None, None]
-    return padded[index_n, index_c, rows, cols]
-
-
-def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
-        )
-    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return nullcontext()
-
-
-class ProximalStep:
-    """FedProx (Li et al. 2020) the same way in every task's loop: after each optimiser
-    step, ``w -= lr * mu * (w - w_global)``, a decoupled proximal step. It needs no data,
-    so DP-SGD clips and noises nothing of it (it spends no privacy), and a GAN applies it to
-    both of its networks alike. A no-op without ``s.proximal_mu``."""
-
-    def __init__(self, model: nn.Module, s: TrainSettings) -> None:
-        self.mu, self.lr = s.proximal_mu or 0.0, s.lr
-        self.pairs = [(p, p.detach().clone()) for p in model.parameters()] if self.mu else []
-
-    @torch.no_grad()
-    def __call__(self) -> None:
-        for p, anchor in self.pairs:
-            p.sub_(self.lr * self.mu * (p - anchor))
+from medfed.models import local_training
+from medfed.models.classification import metrics as classification
+from medfed.models.classification.data import LabelledImages
+from medfed.models.local_training import (
+    ProximalStep,
+    make_optimizer,
+    random_shift,
+    seed_everything,
+    shuffled,
+    to_tensor,
+)
+from medfed.wire import HISTOGRAMS, TrainSettings
 
 
 def train(
     model: nn.Module, data: LabelledImages, s: TrainSettings, device: torch.device,
-    private: PrivateTraining | None = None,
+    private: local_training.Private | None = None,
 ) -> dict[str, float]:
     """Train in place for ``s.epochs`` epochs (or ``s.steps`` batches); return loss and counts.
 
@@ -112,9 +46,7 @@ def train(
         net, optimizer, loader = private.make_private(model, optimizer, loader)
         batches, planned, loss_fn = private.batches(loader), private.steps, _per_example(loss_fn, s.kind)
     loss_fn = loss_fn.to(device)
-    # mixed precision on CUDA; not under DP-SGD, whose per-example clipping works in float32
-    use_amp = s.amp and device.type == "cuda" and private is None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp = local_training.MixedPrecision(s.amp, device, private is not None)
     proximal = ProximalStep(model, s)
     max_shift = max(1, x_all.shape[-1] // 14)
 
@@ -125,11 +57,11 @@ def train(
             x = random_shift(x, generator, max_shift)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, use_amp):
+        with amp.forward():
             loss = loss_fn(net(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        amp.backward(loss)
+        amp.step(optimizer)
+        amp.update()
         proximal()
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
@@ -138,17 +70,6 @@ def train(
             break
     result = {"train_loss": total_loss / max(seen, 1), "num-examples": len(y_all), "steps": steps}
     return result | private.spent() if private is not None else result
-
-
-def shuffled(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Batches of a fresh random order each epoch, for as long as the caller takes them."""
-    while True:
-        order = torch.randperm(len(y_all), generator=generator)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            if len(index) < 2 and len(order) > 1:
-                continue  # a batch of one breaks BatchNorm; its sample comes back next epoch
-            yield x_all[index], y_all[index]
 
 
 def _per_example(weighted: nn.Module, kind: str) -> nn.Module:
@@ -199,6 +120,17 @@ def evaluate(
     """Test metrics of ``model`` on ``data`` (see `classification.metrics`)."""
     probs = predict(model, data.images, kind, device)
     return classification.metrics(kind, data.labels, probs, threshold)
+
+
+def validate(model: nn.Module, data: LabelledImages, s: TrainSettings, device: torch.device,
+             histogram: bool = False) -> dict:
+    """A site's metrics of ``model`` on its validation data; with ``histogram`` (binary
+    tasks) also the score histograms from which the server picks the operating point."""
+    probs = predict(model, data.images, s.kind, device)
+    result = classification.metrics(s.kind, data.labels, probs)
+    if histogram and s.kind == classification.BINARY:
+        result[HISTOGRAMS[0]], result[HISTOGRAMS[1]] = classification.score_histogram(data.labels, probs)
+    return result
 
 
 def validation_threshold(model: nn.Module, sets: list[LabelledImages], device: torch.device) -> float:

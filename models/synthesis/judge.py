@@ -18,18 +18,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from medfed.client import training
-from medfed.client.datasets import LabelledImages
-from medfed.models import build_model
-from medfed.models.gan import generate
+from medfed.models import local_training
+from medfed.models.classification import train as training
+from medfed.models.classification.data import LabelledImages
+from medfed.models.classification.network import build_classifier
 from medfed.models.spec import ModelSpec
-from medfed.models.synthesis_metrics import (
-    classifier_features, frechet_distance, memorisation, save_sample_grid, tstr_auc,
+from medfed.models.synthesis.metrics import (
+    classifier_features,
+    frechet_distance,
+    memorisation,
+    tstr_auc,
 )
+from medfed.models.synthesis.network import generate
+from medfed.models.synthesis.pictures import GRID_PER_CLASS, SAMPLES, save_sample_grid
 from medfed.wire import TrainSettings
-
-SAMPLES, FINAL_GRID = "samples", "samples.png"
-GRID_PER_CLASS = 8
 
 
 class SynthesisJudge:
@@ -50,20 +52,21 @@ class SynthesisJudge:
 
     def feature_classifier(self) -> torch.nn.Module:
         if self._features is None:
-            training.seed_everything(self.cfg.seed)
-            model = build_model("cnn", self.spec.in_channels, self.spec.num_classes, self.spec.image_size)
+            local_training.seed_everything(self.cfg.seed)
+            model = build_classifier("cnn", self.spec.in_channels, self.spec.num_classes, self.spec.image_size)
             training.train(model, self.train, self.settings(self.cfg.seed), self.device)
             self._features = model
             self._real_features = classifier_features(model, self.test.images, self.device)
         return self._features
 
-    def grid(self, model, rnd: int) -> None:
+    def each_round(self, model, rnd: int) -> None:
+        """A sample grid every round: cheap, and what people look at."""
         if self.out is not None:
             fakes = generate(model, GRID_PER_CLASS, self.cfg.seed, self.device)
             save_sample_grid(fakes.images, fakes.labels, self.out / SAMPLES / f"round-{rnd:03d}.png",
                              GRID_PER_CLASS)
 
-    def __call__(self, model, rnd: int) -> dict[str, float]:
+    def __call__(self, model, threshold: float, rnd: int) -> dict[str, float]:
         fakes = generate(model, self.cfg.gan.samples_per_class, self.cfg.seed + rnd, self.device)
         features = classifier_features(self.feature_classifier(), fakes.images, self.device)
         copies = memorisation(fakes.images, self.train.images, self.test.images)
@@ -74,10 +77,3 @@ class SynthesisJudge:
             "median_nearest_training_distance": copies["median_generated_nn"],
             "median_real_nearest_training_distance": copies["median_real_nn"],
         }
-
-
-def save_final_grid(spec: ModelSpec, weights, out: Path, seed: int, device: str) -> Path:
-    model = spec.build()
-    model.load_state_dict(weights)
-    fakes = generate(model, GRID_PER_CLASS, seed, training.resolve_device(device))
-    return save_sample_grid(fakes.images, fakes.labels, out / FINAL_GRID, GRID_PER_CLASS)

@@ -1,0 +1,1 @@
+"""Classification: image-level labels (binary, multi-class, multi-label) from MedMNIST or an image folder."""

@@ -1,0 +1,1 @@
+"""Synthesis: a class-conditional DCGAN that learns to generate a dataset's images (the ``gan`` task)."""
