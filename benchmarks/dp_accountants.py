@@ -9,7 +9,7 @@ script shows how much less, and with ``--train`` what that is worth in test AUC.
     python benchmarks/dp_accountants.py --train --set seed=7 --output runs/dp-accountants-seed7
 
 Without ``--train`` it prints, for every config and site, the noise multiplier that
-medfed chooses (client/noise_calibration.py) under ``privacy.accountant`` rdp and prv,
+medfed chooses (medfed/noise_calibration.py) under ``privacy.accountant`` rdp and prv,
 and the epsilon of each by all four accountants. With ``--train`` it runs
 ``medfed simulate CONFIG privacy.accountant=A --output OUTPUT/NAME-A`` for each config
 and accountant, one at a time (a finished run is read back, not repeated), and prints
@@ -27,14 +27,14 @@ import sys
 import time
 from pathlib import Path
 
-from medfed.client.noise_calibration import (
+from medfed.client.privacy import steps_per_round
+from medfed.config import load_config
+from medfed.models.experiment_data import load_experiment_data
+from medfed.noise_calibration import (
     calibrated_noise,
     dp_accounting_epsilon,
     opacus_epsilon,
 )
-from medfed.client.privacy import steps_per_round
-from medfed.config import load_config
-from medfed.models.experiment_data import load_experiment_data
 from medfed.simulation.partition import partition
 from medfed.wire import TrainSettings
 

@@ -32,11 +32,11 @@ from medfed.client.privacy_mods import client_level_clipping_mod
 from medfed.client.round_cache import RoundCache
 from medfed.client.site import Site
 from medfed.client.site_policy import accept_round
-from medfed.client.site_terms import RoundRefused
 from medfed.models import local_training
 from medfed.models.spec import ModelSpec
-from medfed.models.tasks import task
+from medfed.site_terms import RoundRefused
 from medfed.strategies.fedbn import keep_local_norm
+from medfed.tasks import task
 from medfed.wire import (
     DP_MECHANISM,
     FEDBN_FLAG,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medfed.client.privacy import PrivateTraining, SiteAccountant
-from medfed.models.tasks import task
+from medfed.tasks import task
 from medfed.wire import DPSettings, TrainSettings
 
 

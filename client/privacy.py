@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medfed.client.allocator import keep_freed_memory
-from medfed.client.noise_calibration import calibrated_noise
-from medfed.client.site_terms import RoundRefused
 from medfed.errors import ConfigError
+from medfed.noise_calibration import calibrated_noise
+from medfed.site_terms import RoundRefused
 from medfed.wire import BUDGET_EXHAUSTED, DPSettings, TrainSettings
 
 # Opacus is imported where it is used: it pulls in torch.distributed (0.8 s of CPU), which a
@@ -50,7 +50,7 @@ def noise_for(dp: DPSettings, sample_rate: float, steps: int) -> float:
     """The noise multiplier: given, or the least that spends at most ``target_epsilon``
     over the planned rounds by the site's Opacus accountant and by dp-accounting's
     counterpart (RDP for rdp, PLD for prv), so that the epsilon the site reports is
-    within the target whichever library recomputes it (client/noise_calibration.py)."""
+    within the target whichever library recomputes it (medfed/noise_calibration.py)."""
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     try:
@@ -70,7 +70,7 @@ History = tuple[tuple[float, float, int], ...]  # (noise multiplier, sampling ra
 def history_epsilon(kind: str, history: History, delta: float) -> float:
     """Epsilon at ``delta`` of a site's Poisson-sampled Gaussian steps: the larger of Opacus'
     ``kind`` accountant (rdp or prv) and dp-accounting's counterpart (RDP, or PLD for prv;
-    the pairs of client/noise_calibration.py). Both are upper bounds computed differently:
+    the pairs of medfed/noise_calibration.py). Both are upper bounds computed differently:
     RDP orders tried, fractional orders dp-accounting skips when its series does not
     converge (over a history of unlike rounds its figure can be several times Opacus'),
     discretisation. Budgeting with the larger means whoever recomputes the site's epsilon

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.client.site_terms import SiteTerms
 from medfed.models.classification.data import LabelledImages, read_npz_split
 from medfed.models.segmentation.readers import SegmentationImages
+from medfed.site_terms import SiteTerms
 
 SITE_DATA_FILE = "data.npz"  # train_* and val_* arrays of one site
 SEGMENTATION_FILES = ("train.npz", "val.npz")  # a segmentation site's images with masks

@@ -2,7 +2,7 @@
 
 The coordinator decides a run's task, model, hyper-parameters and privacy settings; the
 site sees them in every round's config record and holds them to its own terms
-(`medfed.client.site_terms`): its policy, its training limits and its privacy promise.
+(`medfed.site_terms`): its policy, its training limits and its privacy promise.
 Privacy is reckoned the site's way, at its own delta with its own accountant: the
 round's ``dp-delta`` is never used, and its ``dp-accountant`` only checked to be one
 whose epsilon is an upper bound. Every refusal names the round's setting and the
@@ -29,7 +29,9 @@ from medfed.client.privacy import (
     noise_for,
     steps_per_round,
 )
-from medfed.client.site_terms import (
+from medfed.errors import ConfigError
+from medfed.models.spec import ModelSpec
+from medfed.site_terms import (
     ACCOUNTANTS,
     RoundRefused,
     SiteLimits,
@@ -38,8 +40,6 @@ from medfed.client.site_terms import (
     delta_problem,
     site_delta,
 )
-from medfed.errors import ConfigError
-from medfed.models.spec import ModelSpec
 from medfed.wire import DP_MECHANISM, POLICY_REFUSED, DPSettings, TrainSettings
 
 

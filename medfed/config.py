@@ -17,14 +17,18 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from medfed.client.site_terms import SiteLimits, validate_limits
 from medfed.errors import ConfigError
-from medfed.models.tasks import TASKS, task
+from medfed.site_terms import SiteLimits, validate_limits
+from medfed.tasks import TASKS, task
 
 MODES = ("federated", "pooled", "local")
 CONTRASTS = ("none", "clahe")  # data.segmentation.contrast
 SEGMENTATION_FORMATS = ("drive", "masks", "nifti", "dicom")
 PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "quantity", "natural")
+STRATEGIES = (  # strategy.name: built by medfed.strategies
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
+    "fedtrimmedavg", "fedbn", "krum", "multikrum", "bulyan", "normbounded",
+)
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "nan", "stale")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
@@ -107,7 +111,7 @@ class ModelConfig:
     norm: str = "instance"  # segmentation: instance or group (both accepted by DP-SGD)
     spatial_dims: int = 2  # segmentation: 2 or 3 (3D needs nifti volumes or a dicom series)
     # segmentation unet: channels per level and the downsampling between levels (the same
-    # defaults as models/segmentation/network.py's UNET_CHANNELS and UNET_STRIDES, which a test checks)
+    # defaults as models/spec.py's UNET_CHANNELS and UNET_STRIDES, which a test checks)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list[int] = field(default_factory=lambda: [1, 2, 2])
 
@@ -339,8 +343,6 @@ def validate(cfg: DictConfig) -> None:
     _check(_valid_device(t.device), "train.device", f"use {DEVICES_HELP}")
     _check_gpu(t.device, cfg.simulation.gpus_per_site)
     s = cfg.strategy
-    from medfed.strategies import STRATEGIES
-
     _check(s.name.lower() in STRATEGIES, "strategy.name",
            f"unknown strategy '{s.name}'{did_you_mean(s.name.lower(), STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
     _check(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from omegaconf import DictConfig
 
-from medfed.models.tasks import task
+from medfed.tasks import task
 
-if TYPE_CHECKING:  # each task's data module imports this one
-    from medfed.models.classification.data import LabelledImages, LabelSpace
-    from medfed.models.segmentation.readers import SegmentationImages
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")  # what image readers take
 
 
 def data_dir(root: str | None = None) -> Path:
@@ -25,14 +23,14 @@ def data_dir(root: str | None = None) -> Path:
 
 @dataclass
 class ExperimentData:
-    pool: LabelledImages | SegmentationImages  # split among the sites
+    pool: Any  # the task's images (`LabelledImages`, `SegmentationImages`), split among the sites
     # only ever used to evaluate the global model; None until the sites' held-out cases
     # are gathered (data.segmentation.test_fraction)
-    test: LabelledImages | SegmentationImages | None
-    labels: LabelSpace | None  # tasks with image-level labels
+    test: Any
+    labels: Any  # the `LabelSpace` of tasks with image-level labels, else None
     source: str  # the file or folder it came from, for reports
     image_size: int  # the networks' input size; 0 when sizes differ per image (networks see patches)
-    natural: list[tuple[str, SegmentationImages]] | None = None  # one hospital's folder per site
+    natural: list[tuple[str, Any]] | None = None  # one hospital's folder per site (label maps)
 
     @property
     def num_classes(self) -> int:

@@ -52,9 +52,9 @@ def experiment_from(run_config) -> DictConfig:
 def build_plan(cfg: DictConfig, out: Path, num_sites: int, resume: bool):
     """The round plan of a deployed run, and what the summary needs: (plan, spec, data)."""
     from medfed.models.experiment_data import load_experiment_data
-    from medfed.models.tasks import task
     from medfed.server.outputs import RunOutputs, start_wandb
     from medfed.server.plan import experiment_spec, round_plan
+    from medfed.tasks import task
 
     if task(cfg.task).label_maps and cfg.data.segmentation.test_fraction:
         raise ConfigError("data.segmentation.test_fraction holds out cases of simulated sites; a deployed "

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from medfed.models import local_training
 from medfed.models.spec import ModelSpec
-from medfed.models.tasks import task
+from medfed.tasks import task
 
 Evaluate = Callable[[dict[str, torch.Tensor], float, int], dict[str, float]]
 

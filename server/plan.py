@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medfed.models.spec import ModelSpec
-from medfed.models.tasks import task
 from medfed.server.privacy import round_privacy_config
+from medfed.tasks import task
 from medfed.wire import RUN_KEY, SERVER_ROUND, TrainSettings
 
 

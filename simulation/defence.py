@@ -24,11 +24,15 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from medfed.config import ATTACKS, to_yaml, validate  # noqa: E402
+from medfed.config import (  # noqa: E402
+    ATTACKS,
+    STRATEGIES,  # noqa: E402
+    to_yaml,
+    validate,
+)
 from medfed.errors import ConfigError, MedfedError  # noqa: E402
 from medfed.server.outputs import CONFIG, RunOutputs  # noqa: E402
 from medfed.simulation.experiment import run_experiment  # noqa: E402
-from medfed.strategies import STRATEGIES  # noqa: E402
 
 COLUMNS = ("attack", "rule", "test_auc", "auc_drop", "updates_rejected", "sites_failed", "failed", "run")
 NORM_CHECK = "+normcheck"  # rule suffix: the server's update norm check on, at DEFAULT_ZSCORE

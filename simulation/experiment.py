@@ -28,7 +28,6 @@ from medfed.models.experiment_data import data_dir, load_experiment_data
 from medfed.models.local_training import resolve_device
 from medfed.models.private_layers import incompatible_layers
 from medfed.models.spec import ModelSpec
-from medfed.models.tasks import task
 from medfed.server.app import ServerResult
 from medfed.server.outputs import CHECKPOINT, CONFIG, SUMMARY, RunOutputs, start_wandb
 from medfed.server.plan import experiment_spec, round_plan, train_settings
@@ -49,6 +48,7 @@ from medfed.simulation.report import (
 )
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.virtual_sites import check_sites_accept
+from medfed.tasks import task
 
 log = logging.getLogger("medfed")
 # runs the rounds of a plan over the sites stored under a folder: (cfg, plan, sites_root, num_sites)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from medfed.errors import ConfigError, DataError
 from medfed.models.classification.data import LabelledImages
-from medfed.models.tasks import task
+from medfed.tasks import task
 
 QUANTITY_SHAPES = {
     "linear": LinearPartitioner,

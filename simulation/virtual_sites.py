@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from medfed.client.site import site_folder_name
 from medfed.client.site_policy import accept_round
-from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.errors import ConfigError
 from medfed.models.spec import ModelSpec
+from medfed.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.wire import DP_MECHANISM, DPSettings, TrainSettings, wire_keys
 
 # the experiment setting behind each round-config key a site may refuse

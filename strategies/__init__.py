@@ -22,15 +22,12 @@ from flwr.serverapp.strategy import (
 )
 from omegaconf import DictConfig
 
+from medfed.config import STRATEGIES
 from medfed.errors import ConfigError
 from medfed.strategies.fedbn import FedBN
 from medfed.strategies.norm_bounded import NormBoundedFedAvg
 from medfed.wire import UNIT_WEIGHT
 
-STRATEGIES = (
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
-    "fedtrimmedavg", "fedbn", "krum", "multikrum", "bulyan", "normbounded",
-)
 ROBUST = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "normbounded")
 SITE_KEY = "site"  # every reply names its site; averaging it makes no sense
 
@@ -60,7 +57,7 @@ def build_strategy(cfg: DictConfig, num_sites: int) -> Strategy:
     inside Flower's client-level DP wrapper when ``privacy.mechanism`` is ``client``."""
     strategy = _aggregation_rule(cfg, num_sites)
     if cfg.privacy.mechanism == "client":
-        from medfed.server.privacy import wrap_client_level
+        from medfed.strategies.client_level_dp import wrap_client_level
 
         return wrap_client_level(strategy, cfg, num_sites)
     return strategy

@@ -7,8 +7,7 @@ from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models.classification.metrics import loss_function, metrics
 from medfed.models.classification.network import MODELS, build_classifier
-from medfed.models.segmentation.network import UNET_CHANNELS, UNET_STRIDES
-from medfed.models.spec import ModelSpec
+from medfed.models.spec import UNET_CHANNELS, UNET_STRIDES, ModelSpec
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -7,9 +7,9 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from medfed.client.noise_calibration import calibrated_noise
 from medfed.client.privacy import noise_for
-from medfed.server.privacy import client_epsilon, client_noise_for
+from medfed.noise_calibration import calibrated_noise
+from medfed.strategies.client_level_dp import client_epsilon, client_noise_for
 from medfed.wire import DPSettings
 
 TARGETS = [1.0, 2.0, 4.0, 8.0]

@@ -15,7 +15,7 @@ from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models.classification.network import build_classifier
 from medfed.models.private_layers import make_private_model
-from medfed.server.privacy import client_epsilon, client_noise_for
+from medfed.strategies.client_level_dp import client_epsilon, client_noise_for
 from medfed.wire import DPSettings
 
 

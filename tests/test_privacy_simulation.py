@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import AUDIT, FAST, REPO
 
-from medfed.server.privacy import client_epsilon
+from medfed.strategies.client_level_dp import client_epsilon
 
 CONFIG = REPO / "configs" / "pneumonia-dp-eps8.yaml"
 ARGS = FAST + ["train.batch_size=16", "train.local_epochs=1"]  # pinned: the budget test counts on them

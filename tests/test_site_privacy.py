@@ -37,10 +37,10 @@ from opacus.accountants import RDPAccountant
 from medfed.client.privacy import ACCOUNTANT_FILE, SiteAccountant, history_epsilon
 from medfed.client.site_daemon.audit_log import read_audit_log
 from medfed.client.site_policy import accept_round
-from medfed.client.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.config import load_config
 from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
+from medfed.site_terms import RoundRefused, SitePrivacy, SiteTerms
 from medfed.wire import BUDGET_EXHAUSTED, POLICY_REFUSED
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",

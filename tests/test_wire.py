@@ -16,10 +16,10 @@ from medfed.client.site_daemon.message_checks import (
     check_incoming,
 )
 from medfed.client.site_policy import PolicyRefusal, accept_round
-from medfed.client.site_terms import SitePrivacy, SiteTerms
 from medfed.config import load_config
 from medfed.models.spec import ModelSpec
 from medfed.server.plan import initial_weights, model_spec, round_config, round_settings
+from medfed.site_terms import SitePrivacy, SiteTerms
 from medfed.wire import DPSettings, TrainSettings
 
 SAMPLE_DP = ["model.name=cnn", "train.device=cpu", "train.rounds=3", "train.local_steps=5", "privacy.mechanism=sample",

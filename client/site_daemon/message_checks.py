@@ -22,7 +22,7 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 from medfed.errors import MedfedError
 from medfed.models.classification.metrics import LOGIT_EDGES
 from medfed.models.spec import ModelSpec
-from medfed.models.tasks import TASKS
+from medfed.tasks import TASKS
 from medfed.wire import (
     DP_MECHANISM,
     HISTOGRAMS,

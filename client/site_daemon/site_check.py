@@ -25,14 +25,13 @@ from omegaconf import DictConfig
 
 from medfed.client.site_daemon.phi import phi_tags
 from medfed.client.site_daemon.site_config import read_site_data
-from medfed.client.site_terms import delta_problem, site_delta
 from medfed.errors import DataError
 from medfed.models.classification.data import (
-    IMAGE_SUFFIXES,
     _parse_labels,
     _read_image,
     read_npz_split,
 )
+from medfed.models.experiment_data import IMAGE_SUFFIXES
 from medfed.models.segmentation.readers import (
     _DICOM_ERRORS,
     LABEL_SUFFIXES,
@@ -47,6 +46,7 @@ from medfed.models.segmentation.readers import (
     _volume,
     dicom_files,
 )
+from medfed.site_terms import delta_problem, site_delta
 
 REPORT_FILE = "site-check.json"
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medfed.client.site_terms import (
+from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, _valid_device, merge_yaml
+from medfed.errors import ConfigError, DataError, MedfedError
+from medfed.site_terms import (
     SiteLimits,
     SitePrivacy,
     SiteTerms,
     validate_limits,
     validate_privacy_terms,
 )
-from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, _valid_device, merge_yaml
-from medfed.errors import ConfigError, DataError, MedfedError
-from medfed.models.tasks import TASKS
+from medfed.tasks import TASKS
 
 DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")

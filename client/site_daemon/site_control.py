@@ -32,8 +32,8 @@ from medfed.client.site_daemon.message_checks import (
     check_weights,
 )
 from medfed.client.site_policy import accept_round
-from medfed.client.site_terms import RoundRefused
 from medfed.errors import MedfedError
+from medfed.site_terms import RoundRefused
 from medfed.wire import (
     AUDIT_FAILED,
     BUDGET_EXHAUSTED,

@@ -21,9 +21,6 @@ from medfed.errors import ConfigError, DataError
 from medfed.models.classification.medmnist import medmnist_path
 from medfed.models.experiment_data import ExperimentData, data_dir
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-
-
 HELD_OUT_TEST_FRACTION = 0.2  # folder datasets without a test CSV
 
 

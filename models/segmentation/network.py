@@ -7,10 +7,7 @@ import math
 
 from torch import nn
 
-UNET_CHANNELS = (16, 32, 64, 128)
-# The first level keeps full resolution: vessels and other thin structures are one or two
-# pixels wide, and a stride-2 first layer cost 0.009 Dice on DRIVE (docs/results.md).
-UNET_STRIDES = (1, 2, 2)
+from medfed.models.spec import UNET_CHANNELS, UNET_STRIDES
 
 
 def build_unet(name: str, spatial_dims: int, in_channels: int, num_classes: int,

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
 from medfed.errors import ConfigError, DataError
-from medfed.models.classification.data import IMAGE_SUFFIXES
+from medfed.models.experiment_data import IMAGE_SUFFIXES
 
 MAX_LABELS = 16  # a label map holds classes 0..15; more distinct values means a grey picture
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -104,7 +104,7 @@ def validate_privacy_terms(p, require_dp: bool, check) -> None:
 
 def validate_limits(limits, check) -> None:
     """Range checks of a ``limits`` section; ``check(condition, key, message)`` reports."""
-    from medfed.models.tasks import TASKS
+    from medfed.tasks import TASKS
 
     for name in ("local_steps", "local_epochs"):
         low, high = getattr(limits, f"min_{name}"), getattr(limits, f"max_{name}")
