@@ -1,2 +1,3 @@
-"""The ClientApp (simulation and deployment alike): local training per task, DP-SGD, a site's
-terms and readers for its own image files. The site daemon is `medfed.client.site_daemon`."""
+"""The ClientApp (simulation and deployment alike): a site's round, with its terms, one
+DP-SGD wrapper around the task's own loop and the round cache. The site daemon is
+`medfed.client.site_daemon`; the tasks' code is `medfed.models`."""

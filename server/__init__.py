@@ -1,2 +1,3 @@
-"""The ServerApp (simulation and deployment alike): round loop, checkpoints, run outputs, the
-server's scoring. The coordinator's processes are `medfed.server.coordinator`."""
+"""The ServerApp (simulation and deployment alike): round loop, checkpoints, run outputs,
+global evaluation through the task table. The coordinator's processes are
+`medfed.server.coordinator`."""

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 TEST_METRICS = ("auc", "accuracy", "balanced_accuracy", "dice", "iou", "tstr_auc")
 SITE_METRICS = ("dice", "auc")  # the first a run reports is drawn per site
 LEGEND_SITES = 12  # more sites than this: their median, and a note instead of a legend entry each
-# why a site's metric is undefined on its validation data (models/classification.py)
+# why a site's metric is undefined on its validation data (models/classification/metrics.py)
 UNDEFINED = {"auc": "one class in validation"}
 NO_VALUE = "no value from its validation data"
 DISPLAY = {"auc": "AUC", "dice": "Dice", "tstr_auc": "TSTR AUC", "iou": "IoU"}

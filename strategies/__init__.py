@@ -1,5 +1,6 @@
 """Aggregation rules by name: Flower's strategies (robust ones included), plus FedBN and
-norm-bounded FedAvg, which Flower lacks."""
+norm-bounded FedAvg, which Flower lacks; Flower's client-level DP wrappers around any of
+them (`medfed.strategies.client_level_dp`)."""
 
 from __future__ import annotations
 
