@@ -30,11 +30,7 @@ from pathlib import Path
 from medfed.client.privacy import steps_per_round
 from medfed.config import load_config
 from medfed.models.experiment_data import load_experiment_data
-from medfed.noise_calibration import (
-    calibrated_noise,
-    dp_accounting_epsilon,
-    opacus_epsilon,
-)
+from medfed.noise_calibration import calibrated_noise, dp_accounting_epsilon, opacus_epsilon
 from medfed.simulation.partition import partition
 from medfed.wire import TrainSettings
 

@@ -29,12 +29,7 @@ from medfed.models import local_training
 from medfed.models.classification import train as training
 from medfed.models.classification.data import LabelledImages
 from medfed.models.classification.network import build_classifier
-from medfed.models.synthesis.metrics import (
-    classifier_features,
-    frechet_distance,
-    memorisation,
-    tstr_auc,
-)
+from medfed.models.synthesis.metrics import classifier_features, frechet_distance, memorisation, tstr_auc
 from medfed.models.synthesis.network import ConditionalGAN, generate
 from medfed.models.synthesis.pictures import save_sample_grid
 from medfed.models.synthesis.train import train as train_gan

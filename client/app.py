@@ -15,15 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from medfed.client.local_round import local_train, local_validate
@@ -37,15 +29,7 @@ from medfed.models.spec import ModelSpec
 from medfed.site_terms import RoundRefused
 from medfed.strategies.fedbn import keep_local_norm
 from medfed.tasks import task
-from medfed.wire import (
-    DP_MECHANISM,
-    FEDBN_FLAG,
-    HISTOGRAMS,
-    PRIVACY_KEYS,
-    SERVER_ROUND,
-    UNIT_WEIGHT,
-    TrainSettings,
-)
+from medfed.wire import DP_MECHANISM, FEDBN_FLAG, HISTOGRAMS, PRIVACY_KEYS, SERVER_ROUND, UNIT_WEIGHT, TrainSettings
 
 NORM_STATE_FILE = "local_norm.pt"
 log = logging.getLogger("medfed.client")

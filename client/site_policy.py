@@ -22,24 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from medfed.client.privacy import (
-    BudgetExhausted,
-    SiteAccountant,
-    history_epsilon,
-    noise_for,
-    steps_per_round,
-)
+from medfed.client.privacy import BudgetExhausted, SiteAccountant, history_epsilon, noise_for, steps_per_round
 from medfed.errors import ConfigError
 from medfed.models.spec import ModelSpec
-from medfed.site_terms import (
-    ACCOUNTANTS,
-    RoundRefused,
-    SiteLimits,
-    SitePrivacy,
-    SiteTerms,
-    delta_problem,
-    site_delta,
-)
+from medfed.site_terms import ACCOUNTANTS, RoundRefused, SiteLimits, SitePrivacy, SiteTerms, delta_problem, site_delta
 from medfed.wire import DP_MECHANISM, POLICY_REFUSED, DPSettings, TrainSettings
 
 

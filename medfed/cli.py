@@ -187,11 +187,7 @@ def _defend(args: argparse.Namespace, console: Console) -> int:
 
 
 def _certs(args: argparse.Namespace, console: Console) -> int:
-    from medfed.federation.credentials import (
-        create_credentials,
-        parse_sites,
-        print_placements,
-    )
+    from medfed.federation.credentials import create_credentials, parse_sites, print_placements
 
     trial = parse_sites(args.trial_site_keys) if args.trial_site_keys is not None else []
     placements = create_credentials(args.out, args.coordinator_host, args.coordinator_ip, args.days, trial)
@@ -214,12 +210,7 @@ def _site_keygen(args: argparse.Namespace, console: Console) -> int:
 
 
 def _site_check(args: argparse.Namespace, console: Console) -> int:
-    from medfed.client.site_daemon.site_check import (
-        REPORT_FILE,
-        check_site,
-        print_report,
-        save_report,
-    )
+    from medfed.client.site_daemon.site_check import REPORT_FILE, check_site, print_report, save_report
     from medfed.client.site_daemon.site_config import load_site_config
 
     cfg = load_site_config(args.config)
@@ -249,11 +240,7 @@ def _site_audit_verify(args: argparse.Namespace, console: Console) -> int:
 
 
 def _server(args: argparse.Namespace, console: Console) -> int:
-    from medfed.server.coordinator.start import (
-        StartOptions,
-        start_federation,
-        stop_federation,
-    )
+    from medfed.server.coordinator.start import StartOptions, start_federation, stop_federation
 
     if args.server_command == "status":
         from medfed.server.coordinator.status import federation_status

@@ -37,9 +37,7 @@ EpsilonOf = Callable[[float], float]  # noise multiplier -> epsilon
 
 def opacus_epsilon(accountant: str, noise: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-sampled Gaussian steps by Opacus' ``rdp`` or ``prv`` accountant."""
-    from opacus.accountants import (
-        create_accountant,  # imported when needed: see client/privacy.py
-    )
+    from opacus.accountants import create_accountant  # imported when needed: see client/privacy.py
 
     counter = create_accountant(accountant)
     counter.history = [(noise, sample_rate, steps)]

@@ -23,13 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from medfed.config import ExperimentConfig, _explain, as_dict, to_yaml, validate
 from medfed.errors import ConfigError
-from medfed.federation.flower_app import (
-    CONFIG_KEY,
-    OUTPUT_KEY,
-    RESUME_KEY,
-    SITES_KEY,
-    WAIT_KEY,
-)
+from medfed.federation.flower_app import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SITES_KEY, WAIT_KEY
 from medfed.server.app import wait_for_sites
 
 SITES_FILE, FAILED_FILE = "sites.json", "failed.json"

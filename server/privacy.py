@@ -11,12 +11,8 @@ those accountants.
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import (
-    Strategy,
-)
-from flwr.supercore.privacy_accounting import (
-    GaussianPrivacyEvent,
-)
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 from omegaconf import DictConfig
 
 from medfed.wire import DP_ADAPTIVE, DP_MECHANISM, PRIVACY_KEYS, DPSettings

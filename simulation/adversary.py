@@ -17,15 +17,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    Context,
-    Error,
-    Message,
-    MessageType,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from omegaconf import DictConfig
 
 from medfed.models.classification.data import LabelledImages

@@ -41,11 +41,7 @@ from medfed.simulation.baselines import own_test, run_local, run_pooled
 from medfed.simulation.canaries import canary_attack, plant_canaries
 from medfed.simulation.class_names import class_names
 from medfed.simulation.partition import SiteShard, natural_sites, partition
-from medfed.simulation.report import (
-    print_partition_table,
-    write_case_split,
-    write_partition_report,
-)
+from medfed.simulation.report import print_partition_table, write_case_split, write_partition_report
 from medfed.simulation.shift import site_scanners
 from medfed.simulation.virtual_sites import check_sites_accept
 from medfed.tasks import task
@@ -254,9 +250,7 @@ def _federated(cfg, spec, data, sites_root: Path, num_sites: int, outputs: RunOu
                console: Console, federate: Federate | None):
     plan = round_plan(cfg, spec, data, num_sites, outputs, resume, cfg.logging.progress)
     if federate is None:
-        from medfed.simulation.engine import (
-            simulate_federation as federate,  # imports Ray: only when needed
-        )
+        from medfed.simulation.engine import simulate_federation as federate  # imports Ray: only when needed
 
         if cfg.logging.progress:  # Ray takes a while to start; the first round's line follows
             say(console, f"starting Flower's Simulation Engine with {num_sites} virtual sites ...")

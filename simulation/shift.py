@@ -38,11 +38,7 @@ class Scanner:
 
     def _acquire(self, image: torch.Tensor) -> torch.Tensor:
         """``(C, *spatial)`` in [0, 1] as this scanner would have imaged it (before noise)."""
-        from monai.transforms import (  # only for shifted runs
-            AdjustContrast,
-            GaussianSmooth,
-            Resize,
-        )
+        from monai.transforms import AdjustContrast, GaussianSmooth, Resize  # only for shifted runs
 
         image = AdjustContrast(self.gamma)(image)
         full = tuple(image.shape[1:])

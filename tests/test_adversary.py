@@ -3,16 +3,7 @@
 import numpy as np
 import pytest
 from conftest import flower_message
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from medfed.config import load_config
 from medfed.errors import ConfigError

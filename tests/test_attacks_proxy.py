@@ -20,11 +20,7 @@ from flwr.superlink.routers.fleet.router import router as fleet_router
 
 from medfed.federation.credentials import create_credentials
 from medfed.federation.processes import stop, track
-from medfed.server.coordinator.fleet_proxy import (
-    SUPERNODE_ENDPOINTS,
-    proxy_args,
-    write_proxy_config,
-)
+from medfed.server.coordinator.fleet_proxy import SUPERNODE_ENDPOINTS, proxy_args, write_proxy_config
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

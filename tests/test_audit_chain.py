@@ -12,16 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from deployment_helpers import site_npz
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    Metadata,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from medfed.cli import EXIT_BAD_INPUT, main
 from medfed.client.site_daemon.audit_log import (

@@ -3,12 +3,7 @@ import pytest
 from PIL import Image
 
 from medfed.errors import DataError
-from medfed.models.classification.data import (
-    LabelledImages,
-    LabelSpace,
-    read_image_folder,
-    read_npz_split,
-)
+from medfed.models.classification.data import LabelledImages, LabelSpace, read_image_folder, read_npz_split
 
 
 def _write_images(folder, sizes):

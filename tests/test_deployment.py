@@ -25,25 +25,10 @@ from deployment_helpers import (
     trial_credentials,
     until,
 )
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    Metadata,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from medfed.client.site_daemon.audit_log import FIELDS, read_audit_log
-from medfed.client.site_daemon.message_checks import (
-    HISTOGRAM_BINS,
-    ReplyWithheld,
-    check_reply,
-    model_layout,
-)
+from medfed.client.site_daemon.message_checks import HISTOGRAM_BINS, ReplyWithheld, check_reply, model_layout
 from medfed.client.site_daemon.site_config import load_site_config
 from medfed.client.site_daemon.site_control import SiteControl
 from medfed.config import load_config
@@ -51,14 +36,7 @@ from medfed.errors import MedfedError
 from medfed.federation import processes
 from medfed.federation.credentials import create_credentials
 from medfed.server.plan import initial_weights, model_spec, round_config
-from medfed.wire import (
-    BUDGET_EXHAUSTED,
-    MALFORMED_MESSAGE,
-    POLICY_REFUSED,
-    REPLY_WITHHELD,
-    SITE_FAILED,
-    weights_digest,
-)
+from medfed.wire import BUDGET_EXHAUSTED, MALFORMED_MESSAGE, POLICY_REFUSED, REPLY_WITHHELD, SITE_FAILED, weights_digest
 
 ROUND = ["model.name=cnn", "train.local_steps=1", "train.batch_size=8", "train.device=cpu", "train.amp=false",
          "train.rounds=2", "logging.progress=false"]

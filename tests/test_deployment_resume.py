@@ -10,14 +10,7 @@ import signal
 
 import pytest
 from conftest import pneumonia_or_skip
-from deployment_helpers import (
-    Procs,
-    experiment_yaml,
-    free_port,
-    shards,
-    site_yaml,
-    until,
-)
+from deployment_helpers import Procs, experiment_yaml, free_port, shards, site_yaml, until
 
 from medfed.client.privacy import SiteAccountant
 from medfed.client.site_daemon.audit_log import read_audit_log

@@ -16,16 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from medfed.client.privacy import BudgetExhausted, PrivateTraining, SiteAccountant
 from medfed.errors import ConfigError
 from medfed.models.classification.data import LabelledImages
-from medfed.models.synthesis.metrics import (
-    frechet_distance,
-    memorisation,
-    tstr_auc,
-)
-from medfed.models.synthesis.network import (
-    ConditionalGAN,
-    generate,
-    recalibrate_batchnorm,
-)
+from medfed.models.synthesis.metrics import frechet_distance, memorisation, tstr_auc
+from medfed.models.synthesis.network import ConditionalGAN, generate, recalibrate_batchnorm
 from medfed.models.synthesis.pictures import save_sample_grid
 from medfed.models.synthesis.train import _step
 from medfed.models.synthesis.train import train as train_gan

@@ -73,10 +73,7 @@ def test_class_weights_follow_inverse_frequency_and_skip_absent_classes():
 
 
 def test_operating_threshold_maximises_youden_j():
-    from medfed.models.classification.metrics import (
-        operating_threshold,
-        score_histogram,
-    )
+    from medfed.models.classification.metrics import operating_threshold, score_histogram
 
     labels = np.array([0] * 6 + [1] * 6)
     p1 = np.array([0.05, 0.1, 0.2, 0.3, 0.62, 0.64, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99])

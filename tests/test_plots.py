@@ -7,11 +7,7 @@ import pytest
 
 from medfed.config import load_config
 from medfed.models.classification.data import LabelledImages
-from medfed.server.plots import (
-    fitted_limits,
-    learning_curves_figure,
-    plot_learning_curves,
-)
+from medfed.server.plots import fitted_limits, learning_curves_figure, plot_learning_curves
 from medfed.simulation.class_names import class_names
 from medfed.simulation.partition import SiteShard
 from medfed.simulation.report import partition_figure, write_partition_report

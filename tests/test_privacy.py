@@ -7,10 +7,7 @@ from conftest import separable_images, train_settings
 from opacus.accountants import RDPAccountant
 
 from medfed.client.local_round import local_train
-from medfed.client.privacy import (
-    BudgetExhausted,
-    SiteAccountant,
-)
+from medfed.client.privacy import BudgetExhausted, SiteAccountant
 from medfed.config import load_config
 from medfed.errors import ConfigError
 from medfed.models.classification.network import build_classifier

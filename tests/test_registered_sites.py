@@ -14,15 +14,7 @@ import numpy as np
 import pytest
 import torch
 from deployment_helpers import synthetic_images
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    Message,
-    MessageType,
-    Metadata,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from rich.console import Console
 
 from medfed.config import load_config, to_yaml

@@ -8,16 +8,7 @@ import time
 import numpy as np
 import pytest
 from deployment_helpers import site_npz
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    Metadata,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
 from medfed.client import app as client_app
 from medfed.client import round_cache

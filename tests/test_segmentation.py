@@ -16,10 +16,7 @@ from medfed.client.privacy import SiteAccountant
 from medfed.models.segmentation import metrics as segmentation
 from medfed.models.segmentation.network import build_unet
 from medfed.models.segmentation.readers import SegmentationImages
-from medfed.models.segmentation.train import (
-    Patches,
-    evaluate_segmentation,
-)
+from medfed.models.segmentation.train import Patches, evaluate_segmentation
 from medfed.models.segmentation.train import train as train_segmentation
 from medfed.wire import DPSettings, TrainSettings
 

@@ -131,14 +131,8 @@ def test_signing_key_and_trusted_entities_match(creds):
 def test_flower_accepts_the_files_and_a_fab_signed_with_the_key(creds):
     """What flower-supernode --trusted-entities does with the file, on a FAB signed as Flower expects."""
     from flwr.supercore.fab import Fab
-    from flwr.supercore.primitives.asymmetric_ed25519 import (
-        create_message_to_sign,
-        load_private_key,
-    )
-    from flwr.supernode.cli.flower_supernode import (
-        _try_obtain_trusted_entities,
-        _validate_public_keys_ed25519,
-    )
+    from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, load_private_key
+    from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities, _validate_public_keys_ed25519
     from flwr.supernode.start_client_internal import _verify_fab
 
     kid, key = load_app_signing_key(creds / APP_SIGNING_KEY)

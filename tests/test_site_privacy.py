@@ -21,15 +21,7 @@ import dp_accounting
 import pytest
 from conftest import FAST, REPO
 from deployment_helpers import site_yaml
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    Metadata,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant

@@ -26,15 +26,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from medfed.app_signature import SIGNATURE_FILE, BadSignature, verify_app
-from medfed.federation.flower_app import (
-    CLIENT_APP,
-    CONFIG_KEY,
-    OUTPUT_KEY,
-    RESUME_KEY,
-    SERVER_APP,
-    SITES_KEY,
-    WAIT_KEY,
-)
+from medfed.federation.flower_app import CLIENT_APP, CONFIG_KEY, OUTPUT_KEY, RESUME_KEY, SERVER_APP, SITES_KEY, WAIT_KEY
 
 MANIFEST = ".info/CONTENT"
 PYPROJECT = "pyproject.toml"

@@ -23,24 +23,12 @@ import sys
 from flwr.app import Error, Message
 from flwr.common.constant import SubStatus
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.interceptors import (
-    RuntimeTokenHttpInterceptor,
-    RuntimeVersionHttpInterceptor,
-)
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import (
-    pull_task_input,
-    push_message,
-    push_task_output,
-)
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from medfed.client.site_daemon.app_check import (
-    AppRefused,
-    CheckedApp,
-    check_app,
-    run_config_digest,
-)
+from medfed.client.site_daemon.app_check import AppRefused, CheckedApp, check_app, run_config_digest
 from medfed.client.site_daemon.deployed_site import SITE_CONFIG_KEY
 from medfed.wire import APP_REFUSED
 
@@ -95,9 +83,7 @@ def run_task(client: RuntimeHttpClient, site_yaml: str) -> int:
             reply = Message(Error(code=APP_REFUSED, reason=reason), reply_to=message)
             details = reason
         else:
-            from medfed.client.site_daemon.deployed import (
-                app,  # medfed's installed ClientApp, never the FAB's
-            )
+            from medfed.client.site_daemon.deployed import app  # medfed's installed ClientApp, never the FAB's
 
             reply = app(message=message, context=context)
             status, details, code = SubStatus.COMPLETED, "", 0

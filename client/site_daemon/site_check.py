@@ -26,11 +26,7 @@ from omegaconf import DictConfig
 from medfed.client.site_daemon.phi import phi_tags
 from medfed.client.site_daemon.site_config import read_site_data
 from medfed.errors import DataError
-from medfed.models.classification.data import (
-    _parse_labels,
-    _read_image,
-    read_npz_split,
-)
+from medfed.models.classification.data import _parse_labels, _read_image, read_npz_split
 from medfed.models.experiment_data import IMAGE_SUFFIXES
 from medfed.models.segmentation.readers import (
     _DICOM_ERRORS,

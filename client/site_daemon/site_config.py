@@ -19,13 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medfed.config import DEVICES_HELP, SEGMENTATION_FORMATS, _valid_device, merge_yaml
 from medfed.errors import ConfigError, DataError, MedfedError
-from medfed.site_terms import (
-    SiteLimits,
-    SitePrivacy,
-    SiteTerms,
-    validate_limits,
-    validate_privacy_terms,
-)
+from medfed.site_terms import SiteLimits, SitePrivacy, SiteTerms, validate_limits, validate_privacy_terms
 from medfed.tasks import TASKS
 
 DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)

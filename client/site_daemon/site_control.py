@@ -20,10 +20,7 @@ from flwr.app import Context, Error, Message
 from omegaconf import DictConfig
 
 from medfed.client.site_daemon.audit_log import IN, OUT, AuditLog, round_of
-from medfed.client.site_daemon.deployed_site import (
-    locate_deployed_site,
-    site_config_from,
-)
+from medfed.client.site_daemon.deployed_site import locate_deployed_site, site_config_from
 from medfed.client.site_daemon.message_checks import (
     MalformedMessage,
     ReplyWithheld,

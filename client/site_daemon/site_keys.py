@@ -16,13 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from medfed.federation.credentials import (
-    CURVE,
-    check_site_names,
-    node_key_files,
-    ssh_fingerprint,
-    write_new_files,
-)
+from medfed.federation.credentials import CURVE, check_site_names, node_key_files, ssh_fingerprint, write_new_files
 
 
 @dataclass(frozen=True)

@@ -36,15 +36,7 @@ from rich.console import Console
 from medfed.client.site_daemon.deployed_site import SITE_CONFIG_KEY
 from medfed.errors import MedfedError
 from medfed.federation.flwr_cli import toml_string
-from medfed.federation.processes import (
-    Tracked,
-    alive,
-    command,
-    flower_env,
-    spawn,
-    stop,
-    track,
-)
+from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
 
 NODE_CONFIG_FILE = "supernode-node-config.toml"
 DEFAULT_RUNTIME_PORT = 9094

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    roc_auc_score,
-)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
 from torch import nn
 
 BINARY, MULTICLASS, MULTILABEL = "binary", "multiclass", "multilabel"
@@ -164,9 +159,7 @@ def _metrics(kind: str, labels: np.ndarray, probs: np.ndarray, threshold: float)
 def scorer(cfg, spec, test, train_pool, out, device):
     """How the server scores the global classifier on the test set: at the operating
     point chosen on the sites' validation data (binary tasks report it)."""
-    from medfed.models.classification.train import (
-        evaluate,  # train.py builds on this module
-    )
+    from medfed.models.classification.train import evaluate  # train.py builds on this module
 
     def score(model, threshold, rnd):
         result = evaluate(model, test, spec.label_kind, device, threshold)

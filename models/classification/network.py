@@ -48,9 +48,7 @@ class SmallCNN(nn.Module):
 def _resnet18(in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
     # Below 64 px the ImageNet stem (7x7 stride-2 conv, then max-pool) would leave a
     # 7x7 map before the first block; a 3x3 stride-1 stem keeps the spatial detail.
-    from monai.networks.nets import (
-        resnet18,  # MONAI costs 1.7 s of CPU to import: only when built
-    )
+    from monai.networks.nets import resnet18  # MONAI costs 1.7 s of CPU to import: only when built
 
     small = image_size < 64
     return resnet18(

@@ -297,9 +297,7 @@ def _read_mask_volume(path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    from monai.data import (
-        NibabelReader,  # MONAI is imported when files are read: 1.7 s of CPU
-    )
+    from monai.data import NibabelReader  # MONAI is imported when files are read: 1.7 s of CPU
 
     reader = NibabelReader()  # arrays as stored: no reorientation, no squeezing
     try:

@@ -23,12 +23,7 @@ from medfed.models.classification import train as training
 from medfed.models.classification.data import LabelledImages
 from medfed.models.classification.network import build_classifier
 from medfed.models.spec import ModelSpec
-from medfed.models.synthesis.metrics import (
-    classifier_features,
-    frechet_distance,
-    memorisation,
-    tstr_auc,
-)
+from medfed.models.synthesis.metrics import classifier_features, frechet_distance, memorisation, tstr_auc
 from medfed.models.synthesis.network import generate
 from medfed.models.synthesis.pictures import GRID_PER_CLASS, SAMPLES, save_sample_grid
 from medfed.wire import TrainSettings

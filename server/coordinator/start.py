@@ -28,23 +28,8 @@ from rich.console import Console
 from medfed.app_signature import SIGNATURE_FILE, sign_app
 from medfed.errors import ConfigError, MedfedError
 from medfed.federation import flwr_cli
-from medfed.federation.processes import (
-    Tracked,
-    alive,
-    command,
-    flower_env,
-    spawn,
-    stop,
-    track,
-)
-from medfed.server.coordinator.state import (
-    forget,
-    read_state,
-    running,
-    state_path,
-    tracked,
-    write_state,
-)
+from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
+from medfed.server.coordinator.state import forget, read_state, running, state_path, tracked, write_state
 
 SUPERLINK_LOG = "superlink.log"
 READY_TIMEOUT = 60.0
@@ -101,12 +86,7 @@ def check_output(out: Path, resume: bool, cfg: DictConfig) -> None:
 
 def tls_files(certs: Path) -> tuple[Path, Path, Path]:
     """``ca.crt``, ``server.pem`` and ``server.key`` from ``--certs``, the certificate checked."""
-    from medfed.federation.credentials import (
-        CA_CERT,
-        SERVER_CERT,
-        SERVER_KEY,
-        check_certificate,
-    )
+    from medfed.federation.credentials import CA_CERT, SERVER_CERT, SERVER_KEY, check_certificate
 
     files = tuple((Path(certs) / name).resolve() for name in (CA_CERT, SERVER_CERT, SERVER_KEY))
     for path in files:
@@ -187,11 +167,7 @@ def wait_until_listening(process: Tracked, address: str, log_file: Path) -> None
 
 def start_proxy(opts: StartOptions, state_dir: Path, superlink_port: int, tls) -> Tracked:
     """nginx on ``--host``/``--port``, forwarding the sites' Fleet API to the SuperLink."""
-    from medfed.server.coordinator.fleet_proxy import (
-        PROXY_DIR,
-        proxy_args,
-        write_proxy_config,
-    )
+    from medfed.server.coordinator.fleet_proxy import PROXY_DIR, proxy_args, write_proxy_config
 
     config = write_proxy_config(state_dir, opts.host, opts.port, superlink_port, tls)
     process = spawn(proxy_args(config), state_dir / PROXY_DIR / "nginx.out", flower_env())
