@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from medfed.client.allocator import keep_freed_memory
 from medfed.errors import ConfigError
+from medfed.models.local_training import repeat
 from medfed.noise_calibration import calibrated_noise
 from medfed.site_terms import RoundRefused
 from medfed.wire import BUDGET_EXHAUSTED, DPSettings, TrainSettings
@@ -157,10 +158,7 @@ class PrivateTraining:
     def batches(loader: DataLoader):
         """The private loader's batches, epoch after epoch, for as long as the loop takes them;
         an empty Poisson batch (rare) is skipped: no step, so the accountant counts none."""
-        while True:
-            for batch in loader:
-                if len(batch[-1]):
-                    yield batch
+        return (batch for batch in repeat(loader) if len(batch[-1]))
 
     def spent(self) -> dict:
         """Store the site's history with this round's steps; what the reply reports."""

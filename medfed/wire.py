@@ -68,7 +68,8 @@ class WireKey:
     setting: str
 
 
-_KINDS = {"int": "int", "float": "number", "bool": "bool", "str": "text"}
+# a field's declared type -> (the Python type its value crosses as, the kind a message check names)
+_TYPES = {"int": (int, "int"), "float": (float, "number"), "bool": (bool, "bool"), "str": (str, "text")}
 
 
 def wire_keys(cls) -> dict[str, WireKey]:
@@ -77,11 +78,8 @@ def wire_keys(cls) -> dict[str, WireKey]:
     for f in fields(cls):
         if WIRE in f.metadata:
             base, optional = _base(f)
-            keys[f.metadata[WIRE]] = WireKey(f.metadata[WIRE], _KINDS[base], not optional, f.metadata[SETTING])
+            keys[f.metadata[WIRE]] = WireKey(f.metadata[WIRE], _TYPES[base][1], not optional, f.metadata[SETTING])
     return keys
-
-
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _base(f: dataclasses.Field) -> tuple[str, bool]:
@@ -97,7 +95,7 @@ def to_config(obj) -> dict:
     for f in fields(obj):
         value = getattr(obj, f.name)
         if WIRE in f.metadata and value is not None:
-            values[f.metadata[WIRE]] = _TYPES[_base(f)[0]](value)
+            values[f.metadata[WIRE]] = _TYPES[_base(f)[0]][0](value)
     return values
 
 
@@ -110,7 +108,7 @@ def from_config(cls, config, **others):
             continue
         key, (base, optional) = f.metadata[WIRE], _base(f)
         if key in config:
-            values[f.name] = _TYPES[base](config[key])
+            values[f.name] = _TYPES[base][0](config[key])
         elif optional:
             values[f.name] = None
         else:

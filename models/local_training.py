@@ -124,3 +124,9 @@ def shuffled(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, generato
             if len(index) < 2 and len(order) > 1:
                 continue  # a batch of one breaks BatchNorm; its sample comes back next epoch
             yield x_all[index], y_all[index]
+
+
+def repeat(loader):
+    """A loader's batches, epoch after epoch, for as long as the loop takes them."""
+    while True:
+        yield from loader

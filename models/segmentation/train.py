@@ -89,7 +89,7 @@ def train(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: 
     if private is None:
         loader = DataLoader(patches, batch_size=s.batch_size, sampler=torch.utils.data.RandomSampler(
             patches, replacement=True, num_samples=s.batch_size, generator=generator))
-        net, batches, steps = model, _repeat(loader), s.planned_steps(len(data))
+        net, batches, steps = model, local_training.repeat(loader), s.planned_steps(len(data))
     else:
         loader = DataLoader(patches, batch_size=s.batch_size, generator=generator)
         net, optimizer, loader = private.make_private(model, optimizer, loader)
@@ -97,11 +97,6 @@ def train(model: nn.Module, data: SegmentationImages, s: TrainSettings, device: 
     amp = local_training.MixedPrecision(s.amp, device, private is not None)
     result = _fit(net, batches, optimizer, s, steps, device, amp) | {"num-examples": len(data)}
     return result | private.spent() if private is not None else result
-
-
-def _repeat(loader: DataLoader):
-    while True:
-        yield from loader
 
 
 def _fit(model: nn.Module, batches, optimizer, s: TrainSettings, steps: int, device: torch.device,
