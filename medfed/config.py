@@ -57,6 +57,9 @@ class SegmentationSource:
     masks: str = "1st_manual"  # masks: mask folder; nifti: label folder; dicom: the mask file
     fov: str | None = "mask"  # masks: field-of-view folder, or null for none
     slices: str = "2d"  # nifti: 2d (axial slices) or 3d (whole volumes)
+    # masks: a grey (interpolated) mask's foreground is where its value is at least this; null: as stored
+    mask_threshold: float | None = None
+    strict: bool = False  # an image without its mask (or field of view) is an error, not skipped and listed
 
 
 @dataclass
@@ -435,6 +438,8 @@ def _validate_segmentation(cfg: DictConfig) -> None:
                f"'{source.format}' is not one of {', '.join(SEGMENTATION_FORMATS)}")
         _check(source.split in ("train", "test"), f"{key}.split", "is train or test")
         _check(source.slices in ("2d", "3d"), f"{key}.slices", "is 2d or 3d")
+        _check(source.mask_threshold is None or source.mask_threshold > 0, f"{key}.mask_threshold",
+               f"must be > 0 (or null), got {source.mask_threshold}")
     _check(cfg.partition.scheme in ("iid", "quantity", "natural"), "partition.scheme",
            "segmentation sites are split iid, by quantity, or naturally (data.segmentation.sites)")
     natural = cfg.partition.scheme == "natural"

@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 
 from medfed.tasks import task
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")  # what image readers take
+# what image readers take, in either case: every format Pillow reads that hospitals hand over
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 def data_dir(root: str | None = None) -> Path:

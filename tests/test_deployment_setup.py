@@ -356,6 +356,33 @@ def test_site_check_on_a_mask_folder(cli, capsys, tmp_path, creds):
     assert report["counts"] == {"train": 3, "val": 1}
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_site_check_lists_images_without_a_mask(cli, capsys, tmp_path, creds, strict):
+    root = tmp_path / "seg"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.full((16, 16), 30 * i, np.uint8)).save(root / "images" / f"{i:02d}_scan.ppm")
+        if i != 3:
+            mask = np.zeros((16, 16), np.uint8)
+            mask[:4, :8] = 255
+            Image.fromarray(mask).save(root / "masks" / f"{i:02d}_scan_label.png")
+    data = f"{{format: masks, path: seg, masks: masks, fov: null, strict: {str(strict).lower()}}}"
+    yaml = _site_yaml(tmp_path, creds, data, extra="policy: {tasks: [segmentation], models: [unet]}\n")
+    code = cli("site", "check", yaml)
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    listed = report["unreadable"] if strict else report["skipped"]
+    assert [Path(r["file"]).name for r in listed] == ["03_scan.ppm"]
+    assert "no mask" in listed[0]["reason"]
+    if strict:
+        assert code == 2 and not report["ok"]
+    else:
+        assert code == 0, err
+        assert report["ok"] and report["counts"] == {"train": 3, "val": 1}
+        assert "left out of training" in err and "images/03_scan.ppm" in err
+
+
 def _dicom_series(folder: Path, n: int) -> None:
     """``n`` slices of pydicom's CT_small.dcm (which carries a patient name, ID and institution),
     one after another along the slice axis."""

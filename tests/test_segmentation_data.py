@@ -128,11 +128,15 @@ def test_jpeg_mask_is_neither_binary_nor_labels(tmp_path):
         read_mask_folder(tmp_path)
 
 
-def test_missing_fov_file(tmp_path):
+def test_missing_fov_file_skips_the_image_or_is_refused_when_strict(tmp_path, caplog):
     _site(tmp_path)
     (tmp_path / "mask" / "02_scan_mask.png").unlink()
-    with pytest.raises(DataError, match="02_scan.png: no field-of-view mask"):
-        read_mask_folder(tmp_path)
+    with caplog.at_level("WARNING", logger="medfed.data"):
+        data = read_mask_folder(tmp_path)
+    assert "02_scan" not in data.names and len(data) > 0
+    assert "1 image(s) without a field-of-view mask skipped: 02_scan.png" in caplog.text
+    with pytest.raises(DataError, match=r"mask: no field-of-view mask for 1 image\(s\): 02_scan.png \(strict"):
+        read_mask_folder(tmp_path, strict=True)
 
 
 def test_missing_fov_folder(tmp_path):
@@ -148,11 +152,14 @@ def test_empty_image_folder(tmp_path):
         read_mask_folder(tmp_path)
 
 
-def test_image_without_mask(tmp_path):
+def test_image_without_mask_skips_it_or_is_refused_when_strict(tmp_path, caplog):
     _site(tmp_path)
     (tmp_path / "1st_manual" / "01_manual1.png").unlink()
-    with pytest.raises(DataError, match="01_scan.png: no mask"):
-        read_mask_folder(tmp_path)
+    with caplog.at_level("WARNING", logger="medfed.data"):
+        assert "01_scan" not in read_mask_folder(tmp_path).names
+    assert "without a mask skipped: 01_scan.png" in caplog.text
+    with pytest.raises(DataError, match=r"1st_manual: no mask for 1 image\(s\): 01_scan.png"):
+        read_mask_folder(tmp_path, strict=True)
 
 
 def test_ambiguous_pairing(tmp_path):

@@ -49,7 +49,7 @@ def test_bad_mask_folder(cli, capsys, tmp_path, spoil):
     _site(root / "train")
     _site(root / "test")
     named = spoil(root)
-    source = "{{format: masks, path: {}, images: images, masks: labels, fov: fov}}"
+    source = "{{format: masks, path: {}, images: images, masks: labels, fov: fov, strict: true}}"
     out = tmp_path / "run"
     code = cli("simulate", CONFIG, f"data.segmentation.train={source.format('train')}",
                f"data.segmentation.test={source.format('test')}", "data.segmentation.patch_size=16",

@@ -30,17 +30,16 @@ from medfed.models.classification.data import _parse_labels, _read_image, read_n
 from medfed.models.experiment_data import IMAGE_SUFFIXES
 from medfed.models.segmentation.readers import (
     _DICOM_ERRORS,
-    LABEL_SUFFIXES,
     MAX_LABELS,
     NIFTI_SUFFIXES,
     _grey,
     _list_files,
-    _pair,
     _read_mask_volume,
     _read_picture,
     _same_size,
     _volume,
     dicom_files,
+    pair_files,
 )
 from medfed.site_terms import delta_problem, site_delta
 
@@ -57,6 +56,7 @@ class _Scan:
         self.labels: Counter = Counter()
         self.mask_pixels: Counter = Counter()
         self.unreadable: list[dict] = []
+        self.skipped: list[dict] = []  # images without their mask: training leaves them out
         self.phi: Counter = Counter()
         self.phi_files = 0
         self.dicom_files = 0
@@ -135,19 +135,22 @@ def _scan_masks(d: DictConfig, scan: _Scan) -> None:
     if d.format == "drive":
         root = root / ("training" if d.split == "train" else "test")
         images, masks, fov = "images", "1st_manual", "mask"
-    for folder, what in ((masks, "mask"), (fov, "field-of-view mask")):
-        if folder and not (root / folder).is_dir():
-            raise DataError(f"{what} folder not found: {root / folder}")
-    for file in _list_files(root / images, IMAGE_SUFFIXES):
+    image_files = _list_files(root / images, IMAGE_SUFFIXES)
+    mask_of = _pairs(scan, d, image_files, root / masks, IMAGE_SUFFIXES, "mask")
+    fov_of = _pairs(scan, d, image_files, root / fov, IMAGE_SUFFIXES, "field-of-view mask") if fov else {}
+    for file in image_files:
         scan.files += 1
+        if file not in mask_of or (fov and file not in fov_of):
+            continue
+        mask_file = mask_of[file]
         try:
             picture = _read_picture(file, keep_palette=False)
-            mask_file = _pair([file], root / masks, IMAGE_SUFFIXES, "mask")[0]
             mask = _grey(_read_picture(mask_file, keep_palette=True), mask_file)
+            if d.mask_threshold is not None:
+                mask = (mask >= d.mask_threshold).astype(np.uint8)
             _same_size(file, picture, mask_file, mask)
             if fov:
-                fov_file = _pair([file], root / fov, IMAGE_SUFFIXES, "field-of-view mask")[0]
-                _same_size(file, picture, fov_file, _read_picture(fov_file, keep_palette=False))
+                _same_size(file, picture, fov_of[file], _read_picture(fov_of[file], keep_palette=False))
         except DataError as exc:
             scan.bad(file, exc)
             continue
@@ -155,16 +158,36 @@ def _scan_masks(d: DictConfig, scan: _Scan) -> None:
             scan.size(picture.shape[:2])
 
 
+def _pairs(scan: _Scan, d: DictConfig, image_files: list[Path], folder: Path, suffixes, what: str) -> dict:
+    """Each image's file in ``folder``, as training pairs them; images without one are listed as
+    skipped (unreadable under ``strict``), and an ambiguous pairing as unreadable."""
+    try:
+        pairs, missing = pair_files(image_files, folder, suffixes, what)
+    except DataError as exc:
+        if "folder not found" in str(exc):
+            raise
+        scan.bad(folder, exc)
+        return {}
+    for image in missing:
+        if d.strict:
+            scan.bad(image, f"no {what} for it in {folder}")
+        else:
+            scan.skipped.append({"file": str(image), "reason": f"no {what} in {folder}"})
+    return pairs
+
+
 def _scan_nifti(d: DictConfig, scan: _Scan) -> None:
     import nibabel
 
     root = Path(d.path)
-    if not (root / d.masks).is_dir():
-        raise DataError(f"label map folder not found: {root / d.masks}")
-    for file in _list_files(root / d.images, NIFTI_SUFFIXES):
+    image_files = _list_files(root / d.images, NIFTI_SUFFIXES)
+    label_of = _pairs(scan, d, image_files, root / d.masks, NIFTI_SUFFIXES, "label map")
+    for file in image_files:
         scan.files += 1
+        if file not in label_of:
+            continue
+        label_file = label_of[file]
         try:
-            label_file = _pair([file], root / d.masks, NIFTI_SUFFIXES, "label map", LABEL_SUFFIXES)[0]
             volume, label = _volume(file, label_file, d.slices)
         except DataError as exc:
             scan.bad(file, exc)
@@ -255,6 +278,9 @@ def check_site(cfg: DictConfig) -> dict:
         if problem:
             problems.append(f"{problem}: lower it, or leave it out for 1/(10 n)")
     warnings = []
+    if scan.skipped:
+        warnings.append(f"{len(scan.skipped)} image(s) without their mask are left out of training (listed under "
+                        "'skipped'; data.strict: true refuses them)")
     if scan.phi_files:
         warnings.append(f"identifying DICOM fields in {scan.phi_files} of {scan.dicom_files} files: "
                         f"{', '.join(scan.phi)} (values not shown); de-identify before joining")
@@ -265,6 +291,7 @@ def check_site(cfg: DictConfig) -> dict:
         "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "files": scan.files,
         "unreadable": scan.unreadable,
+        "skipped": scan.skipped,
         "counts": counts,
         "labels": None if segmentation else {str(k): v for k, v in sorted(scan.labels.items())},
         "mask_classes": _fractions(scan.mask_pixels) if segmentation else None,
@@ -317,6 +344,12 @@ def save_report(report: dict, path: Path) -> Path:
     return path
 
 
+def _under(text: str, root: str) -> str:
+    """``text`` with the data folder's path left out, so that a table shows the names."""
+    prefix = str(Path(root).resolve()) + os.sep
+    return text.replace(prefix, "").replace(str(root).rstrip(os.sep) + os.sep, "")
+
+
 def print_report(report: dict, console) -> None:
     """The report as rich tables on ``console``: figures, then unreadable files, warnings, problems."""
     from rich.table import Table
@@ -326,6 +359,7 @@ def print_report(report: dict, console) -> None:
     table.add_column("result")
     table.add_row("image files checked", str(report["files"]))
     table.add_row("unreadable", str(len(report["unreadable"])))
+    table.add_row("skipped (no mask)", str(len(report.get("skipped", []))))
     if report["counts"]:
         table.add_row("items", f"{report['counts']['train']} train, {report['counts']['val']} validation")
     privacy = report["privacy"]
@@ -342,13 +376,14 @@ def print_report(report: dict, console) -> None:
             table.add_row(name, f"min {s['min']}, max {s['max']}, most common {s['most_common']} "
                                 f"({s['distinct']} distinct)")
     console.print(table)
-    if report["unreadable"]:
-        bad = Table(title="unreadable files")
-        bad.add_column("file")
-        bad.add_column("reason")
-        for row in report["unreadable"]:
-            bad.add_row(row["file"], row["reason"])
-        console.print(bad)
+    for key, title in (("unreadable", "unreadable files"), ("skipped", "skipped: left out of training")):
+        if report.get(key):
+            rows = Table(title=f"{title} (under {report['path']})")
+            rows.add_column("file", overflow="fold")
+            rows.add_column("reason", overflow="fold")
+            for row in report[key]:
+                rows.add_row(_under(row["file"], report["path"]), _under(row["reason"], report["path"]))
+            console.print(rows)
     for line in report["warnings"]:
         console.print(f"[bold yellow]WARNING[/] {line}", highlight=False, soft_wrap=True)
     for line in report["problems"]:

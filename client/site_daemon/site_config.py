@@ -41,6 +41,9 @@ class SiteDataConfig:
     masks: str = "1st_manual"  # masks: mask folder; nifti: label folder; dicom: the mask file
     fov: str | None = "mask"  # masks: field-of-view folder, or null
     slices: str = "2d"  # nifti, dicom: 2d (axial slices) or 3d (whole volumes)
+    # masks: a grey (interpolated) mask's foreground is where its value is at least this; null: as stored
+    mask_threshold: float | None = None
+    strict: bool = False  # an image without its mask (or field of view) is an error, not skipped and listed
     val_fraction: float = 0.1  # folder and segmentation formats: share kept for local validation
     val_seed: int = 0  # which items go to validation
 
@@ -135,6 +138,8 @@ def _validate_data(d: DictConfig, check) -> None:
     check(0 < d.val_fraction < 1, "data.val_fraction", f"must be between 0 and 1, got {d.val_fraction}")
     check(d.split in ("train", "test"), "data.split", "is train or test")
     check(d.slices in ("2d", "3d"), "data.slices", "is 2d or 3d")
+    check(d.mask_threshold is None or d.mask_threshold > 0, "data.mask_threshold",
+          f"must be > 0 (or null), got {d.mask_threshold}")
 
 
 def _validate_coordinator(cfg: DictConfig, check) -> None:

@@ -10,6 +10,7 @@ resizing or normalising belongs to training. Every problem raises `DataError` na
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zipfile
@@ -26,9 +27,12 @@ from pydicom.errors import InvalidDicomError
 from medfed.errors import ConfigError, DataError
 from medfed.models.experiment_data import IMAGE_SUFFIXES
 
+log = logging.getLogger("medfed.data")
+
 MAX_LABELS = 16  # a label map holds classes 0..15; more distinct values means a grey picture
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-LABEL_SUFFIXES = ("", "_seg", "_label", "_mask")  # label file name = image name + one of these
+GREY_HINT = "; masks resized with interpolation are grey: set the source's mask_threshold"
+PAIR_SEPARATORS = "._- "  # what may follow an image's name in its mask's name
 _DICOM_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError,
                  AttributeError, RuntimeError, NotImplementedError)
 
@@ -160,16 +164,25 @@ def read_drive(root: Path, split: str) -> SegmentationImages:
     return read_mask_folder(root / folders[split], "images", "1st_manual", "mask")
 
 
-def read_mask_folder(root: Path, images: str = "images", masks: str = "1st_manual",
-                     fov: str | None = "mask") -> SegmentationImages:
-    """2D images in ``root/images`` with a mask each in ``root/masks`` (and ``root/fov``), paired by name."""
+def read_mask_folder(root: Path, images: str = "images", masks: str = "1st_manual", fov: str | None = "mask",
+                     mask_threshold: float | None = None, strict: bool = False) -> SegmentationImages:
+    """2D images in ``root/images`` with a mask each in ``root/masks`` (and ``root/fov``), paired
+    by name (`pair_files`). Images without their mask or field of view are skipped and logged
+    (refused with ``strict``). ``mask_threshold``: masks whose values were interpolated (a
+    label resized by its publisher) become binary, foreground where the value is at least it."""
     image_files = _list_files(root / images, IMAGE_SUFFIXES)
-    mask_files = _pair(image_files, root / masks, IMAGE_SUFFIXES, "mask")
-    fov_files = _pair(image_files, root / fov, IMAGE_SUFFIXES, "field-of-view mask") if fov else []
+    image_files, mask_files = _paired(image_files, root / masks, IMAGE_SUFFIXES, "mask", strict)
+    fov_files = []
+    if fov:
+        kept, fov_files = _paired(image_files, root / fov, IMAGE_SUFFIXES, "field-of-view mask", strict)
+        mask_files = [m for image, m in zip(image_files, mask_files) if image in kept]
+        image_files = kept
     pictures = [_read_picture(f, keep_palette=False) for f in image_files]
     if len({p.ndim for p in pictures}) > 1:  # a few grey pictures among colour ones
         pictures = [np.repeat(p[..., None], 3, axis=-1) if p.ndim == 2 else p for p in pictures]
     label_pictures = [_grey(_read_picture(f, keep_palette=True), f) for f in mask_files]
+    if mask_threshold is not None:
+        label_pictures = [(m >= mask_threshold).astype(np.uint8) for m in label_pictures]
     fov_masks = [_read_picture(f, keep_palette=False) != 0 for f in fov_files]
     fov_masks = [m.any(axis=-1) if m.ndim == 3 else m for m in fov_masks]
     for other_files, others in ((mask_files, label_pictures), (fov_files, fov_masks)):
@@ -181,7 +194,7 @@ def read_mask_folder(root: Path, images: str = "images", masks: str = "1st_manua
 
 
 def read_nifti_folder(root: Path, images: str = "images", labels: str = "labels",
-                      mode: str = "2d") -> SegmentationImages:
+                      mode: str = "2d", strict: bool = False) -> SegmentationImages:
     """NIfTI volumes with label maps: one 3D item each (``mode="3d"``) or their axial slices (``"2d"``).
 
     Arrays are taken as stored (no reorientation); the last spatial axis is the slice axis and
@@ -190,7 +203,7 @@ def read_nifti_folder(root: Path, images: str = "images", labels: str = "labels"
     if mode not in ("2d", "3d"):
         raise ConfigError(f"NIfTI mode must be '2d' or '3d', not {mode!r}")
     image_files = _list_files(root / images, NIFTI_SUFFIXES)
-    label_files = _pair(image_files, root / labels, NIFTI_SUFFIXES, "label map", LABEL_SUFFIXES)
+    image_files, label_files = _paired(image_files, root / labels, NIFTI_SUFFIXES, "label map", strict)
     volumes = [_volume(f, g, mode) for f, g in zip(image_files, label_files)]
     label_maps = _label_maps([lab for _, lab in volumes], label_files)
     out, names = [], []
@@ -356,7 +369,7 @@ def _label_maps(masks: list[np.ndarray], files: list[Path]) -> list[np.ndarray]:
     for mask, path in zip(masks, files):
         v = np.unique(mask).astype(np.float64)
         if len(v) > MAX_LABELS or (v < 0).any() or not np.array_equal(v, np.round(v)):
-            raise DataError(f"{path}: neither a binary mask nor a label map ({len(v)} distinct values)")
+            raise DataError(f"{path}: neither a binary mask nor a label map ({len(v)} distinct values){GREY_HINT}")
         values.append(v)
     foreground = {x for v in values for x in v if x != 0}
     if len(foreground) <= 1:
@@ -365,7 +378,7 @@ def _label_maps(masks: list[np.ndarray], files: list[Path]) -> list[np.ndarray]:
         if v.max() >= MAX_LABELS:
             shown = ", ".join(f"{x:g}" for x in sorted(foreground)[:6])
             raise DataError(f"{path}: neither a binary mask nor a label map ({len(v)} distinct values, up "
-                            f"to {v.max():g}; the set's masks hold foreground values {shown})")
+                            f"to {v.max():g}; the set's masks hold foreground values {shown}){GREY_HINT}")
     return [m.astype(np.uint8) for m in masks]
 
 
@@ -384,30 +397,67 @@ def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def _pair(image_files: list[Path], folder: Path, suffixes: tuple[str, ...], what: str,
-          endings: tuple[str, ...] = ("",)) -> list[Path]:
-    """Each image's file in ``folder``: same name (plus one of ``endings``), else the same first
-    number (DRIVE: 21_training.tif, 21_manual1.gif, 21_training_mask.gif)."""
+def pair_files(image_files: list[Path], folder: Path, suffixes: tuple[str, ...],
+               what: str) -> tuple[dict[Path, Path], list[Path]]:
+    """Each image's file in ``folder`` (its mask, field of view or label map), and the images
+    that have none. Written by hand: MONAI's readers take paired lists, and hospitals name
+    their files in their own ways.
+
+    A file belongs to the image whose name (without extension) its own name starts with,
+    followed by a separator or nothing, the longest such name winning: ``im0001.ah.ppm`` and
+    ``im0001.ppm``, ``01_dr_mask.tif`` and ``01_dr.JPG``, ``case1_seg.nii.gz`` and
+    ``case1.nii.gz``. An image left without one takes the file with its first number that
+    no image has claimed (DRIVE: ``21_manual1.gif`` for ``21_training.tif``). Two files for
+    one image, or one file for two, is an error naming them."""
     if not folder.is_dir():
         raise DataError(f"{what} folder not found: {folder}")
-    by_stem: dict[str, list[Path]] = {}
+    stems = {_stem(image).casefold(): image for image in image_files}
+    claimed: dict[Path, list[Path]] = {}
     by_number: dict[int | None, list[Path]] = {}
-    for c in _files(folder, suffixes):
-        by_stem.setdefault(_stem(c), []).append(c)
-        by_number.setdefault(_number(c), []).append(c)
+    for candidate in _files(folder, suffixes):
+        owner = _owner(_stem(candidate).casefold(), stems)
+        if owner is not None:
+            claimed.setdefault(owner, []).append(candidate)
+        else:
+            by_number.setdefault(_number(candidate), []).append(candidate)
     by_number.pop(None, None)
-    paired: dict[Path, Path] = {}
+    pairs: dict[Path, Path] = {}
+    missing: list[Path] = []
     for image in image_files:
-        found = [c for e in endings for c in by_stem.get(_stem(image) + e, [])]
-        found = found or by_number.get(_number(image), [])
-        if not found:
-            raise DataError(f"{image}: no {what} for it in {folder}")
+        found = claimed.get(image) or by_number.get(_number(image), [])
         if len(found) > 1:
             raise DataError(f"{image}: ambiguous {what}: {', '.join(c.name for c in found)}")
-        if found[0] in paired:
-            raise DataError(f"{found[0]}: {what} matches both {paired[found[0]].name} and {image.name}")
-        paired[found[0]] = image
-    return list(paired)
+        if not found:
+            missing.append(image)
+            continue
+        taken = next((other for other, c in pairs.items() if c == found[0]), None)
+        if taken is not None:
+            raise DataError(f"{found[0]}: {what} matches both {taken.name} and {image.name}")
+        pairs[image] = found[0]
+    return pairs, missing
+
+
+def _owner(stem: str, images: dict[str, Path]) -> Path | None:
+    """The image whose stem starts ``stem`` and ends at a separator or at its end (longest first)."""
+    for image_stem in sorted(images, key=len, reverse=True):
+        if stem == image_stem or (stem.startswith(image_stem) and stem[len(image_stem)] in PAIR_SEPARATORS):
+            return images[image_stem]
+    return None
+
+
+def _paired(image_files: list[Path], folder: Path, suffixes: tuple[str, ...], what: str,
+            strict: bool) -> tuple[list[Path], list[Path]]:
+    """The images that have their file in ``folder``, with those files. An image without one
+    is skipped and listed in the log, or refused with ``strict``."""
+    pairs, missing = pair_files(image_files, folder, suffixes, what)
+    if missing:
+        listed = ", ".join(f.name for f in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        if strict:
+            raise DataError(f"{folder}: no {what} for {len(missing)} image(s): {listed} (strict: true refuses them)")
+        log.warning("%s: %d image(s) without a %s skipped: %s", folder, len(missing), what, listed)
+    if not pairs:
+        raise DataError(f"{folder}: no {what} pairs with any image of {image_files[0].parent}")
+    return list(pairs), list(pairs.values())
 
 
 def _stem(path: Path) -> str:

@@ -1,0 +1,108 @@
+"""Hospitals' folders as they come: their image formats, their mask names, grey masks,
+images without masks, and pairings that cannot be decided."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfed.errors import DataError
+from medfed.models.segmentation.readers import pair_files, read_mask_folder
+
+RNG = np.random.default_rng(0)
+
+
+def _picture(path: Path, shape=(24, 32, 3), mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def _mask(path: Path, shape=(24, 32), value: int = 255, grey_edge: bool = False) -> Path:
+    mask = np.zeros(shape, np.uint8)
+    mask[4:12, 6:20] = value
+    if grey_edge:  # a label resized with interpolation by its publisher
+        mask[12, 6:20], mask[3, 6:20] = 180, 40
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_stare_layout_ppm_images_with_observer_suffixed_labels(tmp_path):
+    for i in (1, 2, 3):
+        _picture(tmp_path / "stare-images" / f"im000{i}.ppm")
+        _mask(tmp_path / "labels-ah" / f"im000{i}.ah.ppm")
+    data = read_mask_folder(tmp_path, "stare-images", "labels-ah", fov=None)
+    assert data.names == ["im0001", "im0002", "im0003"]
+    assert data.images[0].shape == (24, 32, 3) and set(np.unique(data.masks[0])) == {0, 1}
+
+
+def test_hrf_layout_upper_case_jpeg_with_tiff_masks_and_mask_suffixed_fov(tmp_path):
+    for name in ("01_dr", "01_g", "01_h"):
+        _picture(tmp_path / "images" / f"{name}.JPG")
+        _mask(tmp_path / "manual1" / f"{name}.tif")
+        _mask(tmp_path / "mask" / f"{name}_mask.tif", value=255)
+    data = read_mask_folder(tmp_path, "images", "manual1", "mask")
+    assert data.names == ["01_dr", "01_g", "01_h"]
+    assert all(f is not None and f.any() for f in data.fov)
+
+
+def test_chase_layout_prefix_names_and_gif_masks(tmp_path):
+    for name in ("Image_01L", "Image_01R"):
+        _picture(tmp_path / "images" / f"{name}.jpg")
+        _mask(tmp_path / "labels" / f"{name}_1stHO.gif")
+    assert read_mask_folder(tmp_path, "images", "labels", fov=None).names == ["Image_01L", "Image_01R"]
+
+
+def test_an_image_without_its_mask_is_missing_not_ambiguous(tmp_path):
+    images = [_picture(tmp_path / "images" / f"11_{k}.tif") for k in ("dr", "g", "h")]
+    for k in ("dr", "g"):
+        _mask(tmp_path / "labels" / f"11_{k}.tif")
+    pairs, missing = pair_files(images, tmp_path / "labels", (".tif",), "mask")
+    assert [p.name for p in missing] == ["11_h.tif"]
+    assert {i.name: m.name for i, m in pairs.items()} == {"11_dr.tif": "11_dr.tif", "11_g.tif": "11_g.tif"}
+
+
+def test_a_longer_image_name_keeps_its_own_mask(tmp_path):
+    images = [_picture(tmp_path / "images" / f"{n}.png") for n in ("case1", "case12", "case1b")]
+    for n in ("case1", "case12", "case1b"):
+        _mask(tmp_path / "labels" / f"{n}_seg.png")
+    pairs, missing = pair_files(images, tmp_path / "labels", (".png",), "label map")
+    assert missing == [] and all(m.name == f"{i.stem}_seg.png" for i, m in pairs.items())
+
+
+def test_two_masks_for_one_image_is_an_error_naming_both(tmp_path):
+    _picture(tmp_path / "images" / "im0001.ppm")
+    _mask(tmp_path / "labels" / "im0001.ah.ppm")
+    _mask(tmp_path / "labels" / "im0001.vk.ppm")
+    with pytest.raises(DataError, match=r"im0001.ppm: ambiguous mask: im0001.ah.ppm, im0001.vk.ppm"):
+        read_mask_folder(tmp_path, "images", "labels", fov=None)
+
+
+def test_one_numbered_mask_for_two_images_is_an_error(tmp_path):
+    _picture(tmp_path / "images" / "21_training.tif")
+    _picture(tmp_path / "images" / "21_extra.tif")
+    _mask(tmp_path / "labels" / "21_manual1.gif")
+    with pytest.raises(DataError, match=r"21_manual1.gif: mask matches both"):
+        read_mask_folder(tmp_path, "images", "labels", fov=None)
+
+
+def test_grey_masks_need_a_threshold_which_makes_them_binary(tmp_path):
+    for i in range(3):
+        _picture(tmp_path / "images" / f"{i}.png")
+        _mask(tmp_path / "labels" / f"{i}.png", grey_edge=True)
+    with pytest.raises(DataError, match=r"0.png: neither a binary mask nor a label map.*mask_threshold"):
+        read_mask_folder(tmp_path, "images", "labels", fov=None)
+    data = read_mask_folder(tmp_path, "images", "labels", fov=None, mask_threshold=128)
+    assert set(np.unique(data.masks[0])) == {0, 1}
+    assert int(data.masks[0].sum()) == 9 * 14  # the 8 full rows and the 180 row; not the 40 row
+
+
+def test_nothing_paired_is_an_error_naming_the_folders(tmp_path):
+    _picture(tmp_path / "images" / "a.png")
+    _mask(tmp_path / "labels" / "b.png")
+    with pytest.raises(DataError, match=r"labels: no mask pairs with any image of .*images"):
+        read_mask_folder(tmp_path, "images", "labels", fov=None)
