@@ -399,6 +399,84 @@ def _dicom_series(folder: Path, n: int) -> None:
         ds.save_as(folder / f"slice{z}.dcm")
 
 
+def _deidentified(folder: Path, mark: bool = True) -> None:
+    """The series de-identified in place by another tool (dicom-anonymizer's Basic Profile)."""
+    import pydicom
+    from dicomanonymizer import anonymize_dataset
+
+    for file in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(file)
+        anonymize_dataset(ds)
+        if mark:
+            ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "DICOM PS3.15 Basic Profile"
+        ds.save_as(file)
+
+
+def _dicom_site(tmp_path, creds, policy: str = "", mask: str = "mask.npy") -> Path:
+    root = tmp_path / "ct"
+    _dicom_series(root / "images", 4)
+    volume = np.zeros((4, 128, 128), np.uint8)
+    volume[:, 32:64, 32:64] = 1
+    np.save(root / "mask.npy", volume)
+    return _site_yaml(tmp_path, creds, f"{{format: dicom, path: ct, masks: {mask}}}",
+                      extra=f"policy: {{tasks: [segmentation]{policy}}}\n")
+
+
+def test_a_series_deidentified_to_the_basic_profile_passes_and_an_unmarked_one_does_not(cli, capsys, tmp_path, creds):
+    yaml = _dicom_site(tmp_path, creds, ", require_deidentified: true")
+    assert cli("site", "check", yaml) == 2  # as the hospital exported it
+    assert "require_deidentified" in capsys.readouterr().err
+    _deidentified(tmp_path / "ct" / "images", mark=False)
+    assert cli("site", "check", yaml) == 2  # dummy values, no marker: the site cannot tell
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["phi"]["private_tags"]["files"] == 0 and "PatientID" not in report["phi"]["attributes"]
+    _deidentified(tmp_path / "ct" / "images")
+    code = cli("site", "check", yaml)
+    assert code == 0, capsys.readouterr().err
+    phi = json.loads((tmp_path / "state" / "site-check.json").read_text())["phi"]
+    assert phi["verdict"] == "de-identified" and phi["markers"] == {"PatientIdentityRemoved": 4,
+                                                                    "DeidentificationMethod": 4}
+
+
+def test_a_marked_file_that_still_carries_what_the_profile_removes_is_identifying(tmp_path):
+    import pydicom
+    from dicomanonymizer import anonymize_dataset
+    from pydicom.data import get_testdata_file
+
+    from medfed.client.site_daemon.phi import scan_header
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    anonymize_dataset(ds)
+    ds.PatientIdentityRemoved = "YES"
+    assert scan_header(ds).verdict == "de-identified"
+    ds.PatientAddress = "1 Hospital Road"  # removed (X) by the profile
+    found = scan_header(ds)
+    assert found.verdict == "identifying" and found.removed_by_profile == ["PatientAddress"]
+    ds.add_new(0x00091001, "LO", "scanner's private note")
+    assert scan_header(ds).private_tags == 1
+
+
+def test_the_site_does_not_start_while_headers_identify_patients(cli, capsys, tmp_path, creds):
+    yaml = _dicom_site(tmp_path, creds, ", require_deidentified: true")
+    assert cli("site", "start", yaml) == 2  # refused before any connection is tried
+    err = capsys.readouterr().err
+    assert "require_deidentified: true, but 4 of 4 DICOM files identify patients" in err
+    assert "connecting" not in err
+
+
+def test_a_dicom_mask_is_scanned_too(cli, capsys, tmp_path, creds):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    yaml = _dicom_site(tmp_path, creds, mask="seg.dcm")
+    _deidentified(tmp_path / "ct" / "images")
+    pydicom.dcmread(get_testdata_file("CT_small.dcm")).save_as(tmp_path / "ct" / "seg.dcm")  # carries a name
+    cli("site", "check", yaml)
+    phi = json.loads((tmp_path / "state" / "site-check.json").read_text())["phi"]
+    assert phi["files"] == 5 and phi["verdicts"] == {"de-identified": 4, "identifying": 1}
+    assert phi["attributes"]["PatientName"] == 1
+
+
 def test_site_check_on_dicom_warns_about_phi_and_lists_a_corrupt_file(cli, capsys, tmp_path, creds):
     root = tmp_path / "ct"
     _dicom_series(root / "images", 4)
@@ -412,13 +490,16 @@ def test_site_check_on_dicom_warns_about_phi_and_lists_a_corrupt_file(cli, capsy
     err = capsys.readouterr().err
     assert code == 0, err
     assert "WARNING" in err
-    for tag in ("PatientName", "PatientID", "InstitutionName"):
+    for tag in ("PatientName", "PatientID", "InstitutionName", "Basic Confidentiality Profile"):
         assert tag in err
     report_text = (tmp_path / "state" / "site-check.json").read_text()
     for value in PHI_VALUES:
         assert value not in err and value not in report_text
     report = json.loads(report_text)
-    assert report["phi"]["files"] == 4 and report["phi"]["tags"]["PatientName"] == 4
+    phi = report["phi"]
+    assert phi["files"] == 4 and phi["verdict"] == "identifying" and phi["verdicts"] == {"identifying": 4}
+    assert phi["attributes"]["PatientName"] == 4 and phi["attributes"]["StudyDate"] == 4
+    assert phi["private_tags"] == {"files": 4, "tags": 4 * 179} and phi["uids"]["StudyInstanceUID"] == 4
     assert report["spacing_mm"]["most_common"] == "0.6615x0.6615x5"
     assert report["sizes"]["most_common"] == "128x128"
     assert report["counts"] == {"train": 3, "val": 1}

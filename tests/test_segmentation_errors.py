@@ -81,6 +81,8 @@ def test_nifti_of_the_wrong_dimensionality(cli, capsys, tmp_path):
     ("model.name=cnn", "unknown model 'cnn' for task segmentation"),
     ("data.segmentation.patch_size=50", "data.segmentation.patch_size"),
     ("data.segmentation.train.path=nowhere", "nowhere"),
+    ("data.segmentation.train.mask_threshold=0", "data.segmentation.train.mask_threshold"),
+    ("data.segmentation.test.strict=maybe", "data.segmentation.test.strict"),
 ])
 def test_bad_segmentation_settings(cli, capsys, tmp_path, override, message):
     out = tmp_path / "run"

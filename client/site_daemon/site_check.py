@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pydicom
 from omegaconf import DictConfig
+from pydicom.misc import is_dicom
 
-from medfed.client.site_daemon.phi import phi_tags
+from medfed.client.site_daemon.phi import HeaderFindings, scan_header
 from medfed.client.site_daemon.site_config import read_site_data
 from medfed.errors import DataError
 from medfed.models.classification.data import _parse_labels, _read_image, read_npz_split
@@ -46,6 +47,36 @@ from medfed.site_terms import delta_problem, site_delta
 REPORT_FILE = "site-check.json"
 
 
+class _Headers:
+    """The PHI findings of every DICOM file read, as names and file counts (`phi.scan_header`)."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.attributes: Counter = Counter()
+        self.uids: Counter = Counter()
+        self.markers: Counter = Counter()
+        self.verdicts: Counter = Counter()
+        self.private_files = 0
+        self.private_tags = 0
+
+    def add(self, found: HeaderFindings) -> None:
+        self.files += 1
+        self.attributes.update(found.attributes)
+        self.uids.update(found.uids)
+        self.markers.update(found.markers)
+        self.verdicts[found.verdict] += 1
+        self.private_files += bool(found.private_tags)
+        self.private_tags += found.private_tags
+
+    def report(self) -> dict:
+        verdict = ("identifying" if self.verdicts["identifying"] else
+                   "de-identified" if self.verdicts["de-identified"] == self.files else "no identifying attributes")
+        return {"files": self.files, "verdict": verdict, "verdicts": dict(self.verdicts),
+                "attributes": dict(self.attributes.most_common()), "uids": dict(self.uids.most_common()),
+                "private_tags": {"files": self.private_files, "tags": self.private_tags},
+                "markers": dict(self.markers)}
+
+
 class _Scan:
     """What the per-file pass has seen so far."""
 
@@ -57,9 +88,8 @@ class _Scan:
         self.mask_pixels: Counter = Counter()
         self.unreadable: list[dict] = []
         self.skipped: list[dict] = []  # images without their mask: training leaves them out
-        self.phi: Counter = Counter()
-        self.phi_files = 0
         self.dicom_files = 0
+        self.headers = _Headers()
 
     def bad(self, path: Path, reason) -> None:
         text = str(reason)
@@ -217,9 +247,7 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
             scan.bad(file, f"not a readable DICOM file ({exc})")
             continue
         scan.dicom_files += 1
-        tags = phi_tags(ds)
-        scan.phi.update(tags)
-        scan.phi_files += bool(tags)
+        scan.headers.add(scan_header(ds))
         try:
             with _quiet_pydicom():
                 pixels = ds.pixel_array
@@ -234,6 +262,9 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
         if None not in spacing and len(spacing) == 3:
             scan.spacing[tuple(round(float(s), 4) for s in spacing)] += 1
     mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
+    if mask_path.is_file() and is_dicom(mask_path):  # a DICOM mask carries a header too
+        with _quiet_pydicom():
+            scan.headers.add(scan_header(pydicom.dcmread(mask_path, stop_before_pixels=True)))
     try:
         scan.mask(_read_mask_volume(mask_path), mask_path)
     except DataError as exc:
@@ -281,9 +312,15 @@ def check_site(cfg: DictConfig) -> dict:
     if scan.skipped:
         warnings.append(f"{len(scan.skipped)} image(s) without their mask are left out of training (listed under "
                         "'skipped'; data.strict: true refuses them)")
-    if scan.phi_files:
-        warnings.append(f"identifying DICOM fields in {scan.phi_files} of {scan.dicom_files} files: "
-                        f"{', '.join(scan.phi)} (values not shown); de-identify before joining")
+    phi = scan.headers.report() if d.format == "dicom" else None
+    if phi and phi["verdict"] == "identifying":
+        shown = ", ".join(phi["attributes"])
+        private = phi["private_tags"]
+        warnings.append(f"identifying DICOM headers in {phi['verdicts']['identifying']} of {phi['files']} files: "
+                        f"{len(phi['attributes'])} attributes of DICOM's Basic Confidentiality Profile ({shown}), "
+                        f"private tags in {private['files']} files (values not shown); de-identify before joining")
+        if cfg.policy.require_deidentified:
+            problems.append("policy.require_deidentified: true, and DICOM headers still identify patients")
     return {
         "site": cfg.name,
         "format": d.format,
@@ -297,8 +334,7 @@ def check_site(cfg: DictConfig) -> dict:
         "mask_classes": _fractions(scan.mask_pixels) if segmentation else None,
         "sizes": _summary(scan.sizes),
         "spacing_mm": _summary(scan.spacing) if d.format in ("nifti", "dicom") else None,
-        "phi": {"files": scan.phi_files, "of": scan.dicom_files, "tags": dict(scan.phi)}
-        if d.format == "dicom" else None,
+        "phi": phi,
         "privacy": {"delta": delta, "accountant": cfg.privacy.accountant, "max_epsilon": cfg.privacy.max_epsilon},
         "problems": problems,
         "warnings": warnings,
@@ -388,3 +424,26 @@ def print_report(report: dict, console) -> None:
         console.print(f"[bold yellow]WARNING[/] {line}", highlight=False, soft_wrap=True)
     for line in report["problems"]:
         console.print(f"[bold red]problem[/] {line}", highlight=False, soft_wrap=True)
+
+
+def identifying_headers(cfg: DictConfig) -> str | None:
+    """Why the site must not start under ``policy.require_deidentified``: its DICOM files'
+    headers (series and mask), scanned as the site check does; None when none identifies."""
+    if cfg.data.format != "dicom":
+        return None
+    headers = _Headers()
+    d = cfg.data
+    mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
+    files = dicom_files(Path(d.path) / d.images) + ([mask_path] if mask_path.is_file() and is_dicom(mask_path) else [])
+    for file in files:
+        try:
+            with _quiet_pydicom():
+                headers.add(scan_header(pydicom.dcmread(file, stop_before_pixels=True)))
+        except _DICOM_ERRORS as exc:
+            return f"{file}: not a readable DICOM file ({exc})"
+    report = headers.report()
+    if report["verdict"] != "identifying":
+        return None
+    return (f"policy.require_deidentified: true, but {report['verdicts']['identifying']} of {report['files']} DICOM "
+            f"files identify patients ({len(report['attributes'])} Basic Profile attributes, private tags in "
+            f"{report['private_tags']['files']}): run 'medfed site check' for the list")

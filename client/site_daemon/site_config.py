@@ -64,6 +64,8 @@ class PolicyConfig:
     tasks: list[str] = field(default_factory=lambda: ["classification"])
     models: list[str] = field(default_factory=list)  # empty: any model of the allowed tasks
     require_dp: bool = False  # refuse rounds without sample-level DP (at least privacy.min_noise_multiplier)
+    # refuse to start while a DICOM header still identifies a patient (DICOM's Basic Confidentiality Profile)
+    require_deidentified: bool = False
     max_epsilon: float | None = None  # moved to privacy.max_epsilon: kept only to say so
 
 

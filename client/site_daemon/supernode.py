@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from medfed.client.site_daemon.deployed_site import SITE_CONFIG_KEY
-from medfed.errors import MedfedError
+from medfed.errors import DataError, MedfedError
 from medfed.federation.flwr_cli import toml_string
 from medfed.federation.processes import Tracked, alive, command, flower_env, spawn, stop, track
 
@@ -127,6 +127,12 @@ def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNT
     from medfed.client.site_daemon.site_config import load_site_config
 
     cfg = load_site_config(site_yaml)
+    if cfg.policy.require_deidentified:
+        from medfed.client.site_daemon.site_check import identifying_headers
+
+        problem = identifying_headers(cfg)
+        if problem:
+            raise DataError(problem)
     if cfg.insecure:
         console.print("[bold red]WARNING: insecure: true: no TLS and no key; this site's updates travel in "
                       "clear text. For a trial on one machine only.[/]")
