@@ -383,7 +383,7 @@ def test_site_check_lists_images_without_a_mask(cli, capsys, tmp_path, creds, st
         assert "left out of training" in err and "images/03_scan.ppm" in err
 
 
-def _dicom_series(folder: Path, n: int) -> None:
+def _dicom_series(folder: Path, n: int, gap: float = 5.0) -> None:
     """``n`` slices of pydicom's CT_small.dcm (which carries a patient name, ID and institution),
     one after another along the slice axis."""
     pydicom = pytest.importorskip("pydicom")
@@ -394,7 +394,7 @@ def _dicom_series(folder: Path, n: int) -> None:
     for z in range(n):
         ds = source.copy()
         ds.InstanceNumber = z + 1
-        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], -75.0 + 5 * z]
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], -75.0 + gap * z]
         ds.SOPInstanceUID = f"{source.SOPInstanceUID}.{z}"
         ds.save_as(folder / f"slice{z}.dcm")
 
@@ -454,6 +454,18 @@ def test_a_marked_file_that_still_carries_what_the_profile_removes_is_identifyin
     assert found.verdict == "identifying" and found.removed_by_profile == ["PatientAddress"]
     ds.add_new(0x00091001, "LO", "scanner's private note")
     assert scan_header(ds).private_tags == 1
+
+
+def test_spacing_along_the_slices_comes_from_their_positions_not_their_thickness(cli, capsys, tmp_path, creds):
+    _dicom_series(tmp_path / "ct" / "images", 4, gap=2.5)  # 5 mm thick slices, 2.5 mm apart (overlapping)
+    volume = np.zeros((4, 128, 128), np.uint8)
+    volume[:, 32:64, 32:64] = 1
+    np.save(tmp_path / "ct" / "mask.npy", volume)
+    yaml = _site_yaml(tmp_path, creds, "{format: dicom, path: ct, masks: mask.npy}",
+                      extra="policy: {tasks: [segmentation]}\n")
+    cli("site", "check", yaml)
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["spacing_mm"]["most_common"] == "0.6615x0.6615x2.5"
 
 
 def test_the_site_does_not_start_while_headers_identify_patients(cli, capsys, tmp_path, creds):

@@ -238,6 +238,7 @@ def _scan_nifti(d: DictConfig, scan: _Scan) -> None:
 def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
     """Every file of the series: readable pixels, spacing, identifying header fields; then the mask."""
     files = dicom_files(Path(d.path) / d.images)
+    geometry: list[pydicom.Dataset] = []
     for file in files:
         scan.files += 1
         try:
@@ -258,9 +259,8 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
             scan.bad(file, f"pixel data of shape {pixels.shape}; expected one grey 2D slice")
             continue
         scan.size(pixels.shape)
-        spacing = [*(ds.get("PixelSpacing") or []), ds.get("SliceThickness")]
-        if None not in spacing and len(spacing) == 3:
-            scan.spacing[tuple(round(float(s), 4) for s in spacing)] += 1
+        geometry.append(ds)
+    _series_spacing(geometry, scan)
     mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
     if mask_path.is_file() and is_dicom(mask_path):  # a DICOM mask carries a header too
         with _quiet_pydicom():
@@ -269,6 +269,23 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
         scan.mask(_read_mask_volume(mask_path), mask_path)
     except DataError as exc:
         scan.bad(mask_path, exc)
+
+
+def _series_spacing(slices: list[pydicom.Dataset], scan: _Scan) -> None:
+    """Voxel spacing of a series: rows and columns from ``PixelSpacing``, the slice axis from
+    the slices' positions along their normal (``SliceThickness`` is the slab's thickness,
+    which may differ from the gap between slices); the thickness only for a single slice."""
+    try:
+        rows = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in slices}
+        orientation = np.asarray(slices[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        depths = np.sort([float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for ds in slices])
+        gaps = np.diff(depths)
+        gap = float(np.median(gaps)) if len(gaps) else float(slices[0].SliceThickness)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return  # no geometry in the headers: the spacing is left out of the report
+    for row in rows:
+        scan.spacing[(*row, round(gap, 4))] += len(slices)
 
 
 @contextmanager
