@@ -60,6 +60,7 @@ class SegmentationSource:
     # masks: a grey (interpolated) mask's foreground is where its value is at least this; null: as stored
     mask_threshold: float | None = None
     strict: bool = False  # an image without its mask (or field of view) is an error, not skipped and listed
+    estimate_fov: bool = True  # masks without fov: a fundus photograph's field of view is estimated
 
 
 @dataclass

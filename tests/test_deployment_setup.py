@@ -383,6 +383,23 @@ def test_site_check_lists_images_without_a_mask(cli, capsys, tmp_path, creds, st
         assert "left out of training" in err and "images/03_scan.ppm" in err
 
 
+def test_site_check_reports_the_estimated_field_of_view(cli, capsys, tmp_path, creds):
+    from test_hospital_layouts import _fundus
+
+    root = tmp_path / "fundus"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    picture, disc = _fundus()
+    for i in range(4):
+        Image.fromarray(picture).save(root / "images" / f"{i}.ppm")
+        Image.fromarray(disc.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    yaml = _site_yaml(tmp_path, creds, "{format: masks, path: fundus, masks: masks, fov: null}",
+                      extra="policy: {tasks: [segmentation], models: [unet]}\n")
+    assert cli("site", "check", yaml) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "state" / "site-check.json").read_text())["fov_estimated"] == 4
+    assert "estimated for 4 fundus photographs" in capsys.readouterr().err
+
+
 def _dicom_series(folder: Path, n: int, gap: float = 5.0) -> None:
     """``n`` slices of pydicom's CT_small.dcm (which carries a patient name, ID and institution),
     one after another along the slice axis."""

@@ -106,3 +106,50 @@ def test_nothing_paired_is_an_error_naming_the_folders(tmp_path):
     _mask(tmp_path / "labels" / "b.png")
     with pytest.raises(DataError, match=r"labels: no mask pairs with any image of .*images"):
         read_mask_folder(tmp_path, "images", "labels", fov=None)
+
+
+def _fundus(shape=(60, 80), radius=26) -> np.ndarray:
+    """A lit disc on black, with dark vessels inside, as a retinal camera takes it."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 < radius**2
+    picture = np.zeros((*shape, 3), np.uint8)
+    picture[disc] = (200, 90, 40)
+    vessel = (np.abs(yy - shape[0] / 2) < 2) & (np.abs(xx - shape[1] / 2) < radius - 6)
+    picture[vessel] = (5, 5, 5)  # a vessel as dark as the frame, inside the disc
+    return picture, disc
+
+
+def test_a_fundus_photograph_without_a_fov_mask_gets_its_disc(tmp_path):
+    from medfed.models.segmentation.field_of_view import estimate_fov, looks_like_fundus
+
+    picture, disc = _fundus()
+    assert looks_like_fundus(picture) and not looks_like_fundus(RNG.integers(0, 256, (60, 80, 3)).astype(np.uint8))
+    assert (estimate_fov(picture) == disc).mean() > 0.995  # the dark vessel stays inside
+    for i in range(2):
+        Image.fromarray(picture).save(_parent(tmp_path / "images" / f"{i}.png"))
+        _mask(tmp_path / "labels" / f"{i}.png", shape=(60, 80))
+    data = read_mask_folder(tmp_path, "images", "labels", fov=None)
+    assert data.fov[0] is not None and (data.fov[0] == disc).mean() > 0.995
+    assert read_mask_folder(tmp_path, "images", "labels", fov=None, estimate_fov=False).fov == [None, None]
+
+
+def test_the_estimated_fov_matches_drives_own_masks_on_its_test_images():
+    from conftest import SHARED
+
+    from medfed.models.segmentation.field_of_view import estimate_fov, looks_like_fundus
+    from medfed.models.segmentation.readers import read_drive
+
+    if not (SHARED / "DRIVE").is_dir():
+        pytest.skip(f"real data not available: {SHARED / 'DRIVE'} (see shared/datasets/README.md)")
+    test = read_drive(SHARED / "DRIVE", "test")
+    ious = []
+    for image, fov in zip(test.images, test.fov):
+        assert looks_like_fundus(image)
+        estimated = estimate_fov(image)
+        ious.append((estimated & fov).sum() / (estimated | fov).sum())
+    assert min(ious) > 0.98, ious
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -29,6 +29,7 @@ from medfed.client.site_daemon.site_config import read_site_data
 from medfed.errors import DataError
 from medfed.models.classification.data import _parse_labels, _read_image, read_npz_split
 from medfed.models.experiment_data import IMAGE_SUFFIXES
+from medfed.models.segmentation.field_of_view import looks_like_fundus
 from medfed.models.segmentation.readers import (
     _DICOM_ERRORS,
     MAX_LABELS,
@@ -88,6 +89,7 @@ class _Scan:
         self.mask_pixels: Counter = Counter()
         self.unreadable: list[dict] = []
         self.skipped: list[dict] = []  # images without their mask: training leaves them out
+        self.fov_estimated = 0  # fundus photographs without a field-of-view mask
         self.dicom_files = 0
         self.headers = _Headers()
 
@@ -186,6 +188,7 @@ def _scan_masks(d: DictConfig, scan: _Scan) -> None:
             continue
         if scan.mask(mask, mask_file):
             scan.size(picture.shape[:2])
+            scan.fov_estimated += bool(not fov and d.estimate_fov and looks_like_fundus(picture))
 
 
 def _pairs(scan: _Scan, d: DictConfig, image_files: list[Path], folder: Path, suffixes, what: str) -> dict:
@@ -346,6 +349,7 @@ def check_site(cfg: DictConfig) -> dict:
         "files": scan.files,
         "unreadable": scan.unreadable,
         "skipped": scan.skipped,
+        "fov_estimated": scan.fov_estimated if d.format == "masks" else None,
         "counts": counts,
         "labels": None if segmentation else {str(k): v for k, v in sorted(scan.labels.items())},
         "mask_classes": _fractions(scan.mask_pixels) if segmentation else None,
@@ -413,6 +417,8 @@ def print_report(report: dict, console) -> None:
     table.add_row("image files checked", str(report["files"]))
     table.add_row("unreadable", str(len(report["unreadable"])))
     table.add_row("skipped (no mask)", str(len(report.get("skipped", []))))
+    if report.get("fov_estimated"):
+        table.add_row("field of view", f"estimated for {report['fov_estimated']} fundus photographs (none given)")
     if report["counts"]:
         table.add_row("items", f"{report['counts']['train']} train, {report['counts']['val']} validation")
     privacy = report["privacy"]

@@ -44,6 +44,7 @@ class SiteDataConfig:
     # masks: a grey (interpolated) mask's foreground is where its value is at least this; null: as stored
     mask_threshold: float | None = None
     strict: bool = False  # an image without its mask (or field of view) is an error, not skipped and listed
+    estimate_fov: bool = True  # masks without fov: a fundus photograph's field of view is estimated
     val_fraction: float = 0.1  # folder and segmentation formats: share kept for local validation
     val_seed: int = 0  # which items go to validation
 

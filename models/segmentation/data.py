@@ -34,7 +34,8 @@ def read_source(source, root: Path) -> SegmentationImages:
     if source.format == "drive":
         return read_drive(path, source.split)
     if source.format == "masks":
-        return read_mask_folder(path, source.images, source.masks, source.fov, source.mask_threshold, source.strict)
+        return read_mask_folder(path, source.images, source.masks, source.fov, source.mask_threshold, source.strict,
+                                source.estimate_fov)
     if source.format == "nifti":
         return read_nifti_folder(path, source.images, source.masks, source.slices, source.strict)
     mask = Path(source.masks) if Path(source.masks).is_absolute() else path / source.masks

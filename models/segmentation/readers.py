@@ -165,11 +165,13 @@ def read_drive(root: Path, split: str) -> SegmentationImages:
 
 
 def read_mask_folder(root: Path, images: str = "images", masks: str = "1st_manual", fov: str | None = "mask",
-                     mask_threshold: float | None = None, strict: bool = False) -> SegmentationImages:
+                     mask_threshold: float | None = None, strict: bool = False,
+                     estimate_fov: bool = True) -> SegmentationImages:
     """2D images in ``root/images`` with a mask each in ``root/masks`` (and ``root/fov``), paired
     by name (`pair_files`). Images without their mask or field of view are skipped and logged
     (refused with ``strict``). ``mask_threshold``: masks whose values were interpolated (a
-    label resized by its publisher) become binary, foreground where the value is at least it."""
+    label resized by its publisher) become binary, foreground where the value is at least it.
+    Without ``fov``, fundus photographs get an estimated field of view (``estimate_fov``)."""
     image_files = _list_files(root / images, IMAGE_SUFFIXES)
     image_files, mask_files = _paired(image_files, root / masks, IMAGE_SUFFIXES, "mask", strict)
     fov_files = []
@@ -185,12 +187,25 @@ def read_mask_folder(root: Path, images: str = "images", masks: str = "1st_manua
         label_pictures = [(m >= mask_threshold).astype(np.uint8) for m in label_pictures]
     fov_masks = [_read_picture(f, keep_palette=False) != 0 for f in fov_files]
     fov_masks = [m.any(axis=-1) if m.ndim == 3 else m for m in fov_masks]
+    if not fov and estimate_fov:
+        fov_masks = _estimated_fov(pictures, root / images)
     for other_files, others in ((mask_files, label_pictures), (fov_files, fov_masks)):
         for image_file, picture, other_file, other in zip(image_files, pictures, other_files, others):
             _same_size(image_file, picture, other_file, other)
     return SegmentationImages([p[..., None] if p.ndim == 2 else p for p in pictures],
                               _label_maps(label_pictures, mask_files),
                               fov_masks or [None] * len(pictures), [f.stem for f in image_files])
+
+
+def _estimated_fov(pictures: list[np.ndarray], folder: Path) -> list[np.ndarray | None]:
+    """A field of view for each fundus photograph (`field_of_view`), None for other pictures."""
+    from medfed.models.segmentation.field_of_view import estimate_fov, looks_like_fundus
+
+    estimated = [estimate_fov(p) if looks_like_fundus(p) else None for p in pictures]
+    count = sum(f is not None for f in estimated)
+    if count:
+        log.info("%s: field of view estimated for %d of %d fundus-like images", folder, count, len(pictures))
+    return estimated if count else []
 
 
 def read_nifti_folder(root: Path, images: str = "images", labels: str = "labels",
