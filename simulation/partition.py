@@ -9,6 +9,7 @@ sites or on both sides of a split. Every other item is a case of its own.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ QUANTITY_SHAPES = {
     "square": SquarePartitioner,
     "exponential": ExponentialPartitioner,
 }
+
+
+log = logging.getLogger("medfed.simulation")
 
 
 @dataclass
@@ -151,17 +155,22 @@ def split_site(name: str, data, rows: np.ndarray, val_fraction: float, rng: np.r
     unit = "image(s)" if len(groups) == len(rows) else "case(s)"
     n = len(groups)
     n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 else 0
-    if n - n_test < 3:
+    if n - n_test < 2:
         raise DataError(
-            f"{name} gets only {n} {unit} with {why}; each site needs at least {3 + n_test} "
-            f"(2 to train, 1 to validate{f', {n_test} to test' if n_test else ''})"
+            f"{name} gets only {n} {unit} with {why}; each site needs at least {2 + n_test} "
+            f"(2 to train{f', {n_test} to test' if n_test else ''})"
         )
     order = np.asarray(groups)[rng.permutation(n)]
-    n_val = min(max(1, int(round(n * val_fraction))), n - n_test - 2)
 
     def items(picked: np.ndarray):
         return data.subset(np.sort(rows[np.isin(cases, picked)]))
 
+    if n - n_test == 2:  # small 3D cohorts: both cases train, and one of them validates
+        log.warning("%s has only 2 %s to train on: it validates on one of them (%s), so its validation "
+                    "figures are optimistic", name, unit, order[0])
+        test = items(order[2:2 + n_test]) if n_test else None
+        return SiteShard(name, items(order[:2]), items(order[:1]), test)
+    n_val = min(max(1, int(round(n * val_fraction))), n - n_test - 2)
     test = items(order[n_val:n_val + n_test]) if n_test else None
     return SiteShard(name, items(order[n_val + n_test:]), items(order[:n_val]), test)
 

@@ -153,3 +153,30 @@ def test_the_estimated_fov_matches_drives_own_masks_on_its_test_images():
 def _parent(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _volumes(n: int):
+    from medfed.models.segmentation.readers import SegmentationImages
+
+    images = [np.full((4, 8, 8, 1), i, np.float32) for i in range(n)]
+    masks = [np.zeros((4, 8, 8), np.uint8) for _ in range(n)]
+    return SegmentationImages(images, masks, [None] * n, [f"case{i}" for i in range(n)])
+
+
+def test_a_site_with_two_volumes_trains_on_both_and_validates_on_one(tmp_path, caplog):
+    from medfed.client.site_daemon.site_config import split_validation
+    from medfed.simulation.partition import split_site
+
+    with caplog.at_level("WARNING"):
+        train, val = split_validation(_volumes(2), 0.1, 0, tmp_path)
+        shard = split_site("hospital", _volumes(2), np.arange(2), 0.1, np.random.default_rng(0), "its own folder")
+    assert train.names == ["case0", "case1"] and len(val) == 1 and val.names[0] in train.names
+    assert sorted(shard.train.names) == ["case0", "case1"] and shard.val.names[0] in shard.train.names
+    assert caplog.text.count("validation figures are optimistic") == 2
+    with pytest.raises(DataError, match=r"only 1 item\(s\); a site needs at least 2"):
+        split_validation(_volumes(1), 0.1, 0, tmp_path)
+    with pytest.raises(DataError, match=r"hospital gets only 2 image\(s\) with its own folder; each site needs "
+                                        r"at least 3 \(2 to train, 1 to test\)"):
+        split_site("hospital", _volumes(2), np.arange(2), 0.1, np.random.default_rng(0), "its own folder", 0.5)
+    three = split_site("hospital", _volumes(3), np.arange(3), 0.1, np.random.default_rng(0), "its own folder")
+    assert len(three.train) == 2 and len(three.val) == 1 and three.val.names[0] not in three.train.names

@@ -10,6 +10,7 @@ wherever it is started; the loaded config holds them absolute.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ DATA_FORMATS = ("npz", "folder", *SEGMENTATION_FORMATS)
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
+
+log = logging.getLogger("medfed.site")
 
 @dataclass
 class SiteDataConfig:
@@ -231,10 +234,15 @@ def axial_slices(data):
 
 
 def split_validation(data, fraction: float, seed: int, where: Path) -> tuple:
-    """``data`` split into local train and validation (at least 2 to train and 1 to validate)."""
+    """``data`` split into local train and validation (at least 2 to train and 1 to validate);
+    a site with only 2 items (a small 3D cohort) trains on both and validates on one of them."""
     n = len(data)
-    if n < 3:
-        raise DataError(f"{where}: only {n} item(s); a site needs at least 3 (2 to train, 1 to validate)")
+    if n < 2:
+        raise DataError(f"{where}: only {n} item(s); a site needs at least 2 to train")
     rows = np.random.default_rng(seed).permutation(n)
+    if n == 2:
+        log.warning("%s: only 2 items: the site trains on both and validates on one of them (item %d), so "
+                    "its validation figures are optimistic", where, rows[0])
+        return data, data.subset(rows[:1])
     n_val = min(max(1, int(round(n * fraction))), n - 2)
     return data.subset(np.sort(rows[n_val:])), data.subset(np.sort(rows[:n_val]))
