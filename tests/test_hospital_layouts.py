@@ -74,19 +74,16 @@ def test_a_longer_image_name_keeps_its_own_mask(tmp_path):
     assert missing == [] and all(m.name == f"{i.stem}_seg.png" for i, m in pairs.items())
 
 
-def test_two_masks_for_one_image_is_an_error_naming_both(tmp_path):
-    _picture(tmp_path / "images" / "im0001.ppm")
-    _mask(tmp_path / "labels" / "im0001.ah.ppm")
-    _mask(tmp_path / "labels" / "im0001.vk.ppm")
-    with pytest.raises(DataError, match=r"im0001.ppm: ambiguous mask: im0001.ah.ppm, im0001.vk.ppm"):
-        read_mask_folder(tmp_path, "images", "labels", fov=None)
-
-
-def test_one_numbered_mask_for_two_images_is_an_error(tmp_path):
-    _picture(tmp_path / "images" / "21_training.tif")
-    _picture(tmp_path / "images" / "21_extra.tif")
-    _mask(tmp_path / "labels" / "21_manual1.gif")
-    with pytest.raises(DataError, match=r"21_manual1.gif: mask matches both"):
+@pytest.mark.parametrize("images, masks, message", [
+    (["im0001.ppm"], ["im0001.ah.ppm", "im0001.vk.ppm"], r"im0001.ppm: ambiguous mask: im0001.ah.ppm, im0001.vk.ppm"),
+    (["21_training.tif", "21_extra.tif"], ["21_manual1.gif"], r"21_manual1.gif: mask matches both"),
+])
+def test_a_pairing_that_cannot_be_decided_is_an_error_naming_the_files(tmp_path, images, masks, message):
+    for name in images:
+        _picture(tmp_path / "images" / name)
+    for name in masks:
+        _mask(tmp_path / "labels" / name)
+    with pytest.raises(DataError, match=message):
         read_mask_folder(tmp_path, "images", "labels", fov=None)
 
 
