@@ -16,6 +16,7 @@ import os
 import warnings
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,17 @@ from medfed.site_terms import delta_problem, site_delta
 REPORT_FILE = "site-check.json"
 
 
+@dataclass
 class _Headers:
     """The PHI findings of every DICOM file read, as names and file counts (`phi.scan_header`)."""
 
-    def __init__(self) -> None:
-        self.files = 0
-        self.attributes: Counter = Counter()
-        self.uids: Counter = Counter()
-        self.markers: Counter = Counter()
-        self.verdicts: Counter = Counter()
-        self.private_files = 0
-        self.private_tags = 0
+    files: int = 0
+    attributes: Counter = field(default_factory=Counter)
+    uids: Counter = field(default_factory=Counter)
+    markers: Counter = field(default_factory=Counter)
+    verdicts: Counter = field(default_factory=Counter)
+    private_files: int = 0
+    private_tags: int = 0
 
     def add(self, found: HeaderFindings) -> None:
         self.files += 1
