@@ -400,6 +400,37 @@ def test_site_check_reports_the_estimated_field_of_view(cli, capsys, tmp_path, c
     assert "estimated for 4 fundus photographs" in capsys.readouterr().err
 
 
+def test_a_site_checks_its_images_before_they_are_labelled_but_does_not_start(cli, capsys, tmp_path, creds):
+    from test_hospital_layouts import _fundus
+
+    (tmp_path / "fundus" / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_fundus()[0]).save(tmp_path / "fundus" / "images" / f"{i}.JPG")
+    yaml = _site_yaml(tmp_path, creds, "{format: masks, path: fundus, masks: null, fov: null}",
+                      extra="policy: {tasks: [segmentation], models: [unet]}\n")
+    assert cli("site", "check", yaml) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["ok"] and not report["labelled"] and report["counts"] is None
+    assert report["files"] == 3 and report["sizes"]["most_common"] == "60x80" and report["fov_estimated"] == 3
+    assert "not labelled yet" in capsys.readouterr().err
+    assert cli("site", "start", yaml) == 2
+    assert "data.masks is null: the site's images are not labelled yet" in capsys.readouterr().err
+
+
+def test_an_unlabelled_dicom_series_is_still_scanned_for_identifying_headers(cli, capsys, tmp_path, creds):
+    _dicom_series(tmp_path / "ct" / "images", 3)
+    yaml = _site_yaml(tmp_path, creds, "{format: dicom, path: ct, masks: null}",
+                      extra="policy: {tasks: [segmentation]}\n")
+    assert cli("site", "check", yaml) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "state" / "site-check.json").read_text())
+    assert report["phi"]["verdict"] == "identifying" and report["phi"]["files"] == 3 and not report["labelled"]
+
+
+def test_only_image_formats_may_leave_their_masks_out(cli, capsys, tmp_path, creds, small_npz):
+    yaml = _site_yaml(tmp_path, creds, f"{{format: npz, path: {small_npz}, masks: null}}")
+    _expect_config_error(cli, capsys, yaml, "'data.masks'", "not labelled yet")
+
+
 def _dicom_series(folder: Path, n: int, gap: float = 5.0) -> None:
     """``n`` slices of pydicom's CT_small.dcm (which carries a patient name, ID and institution),
     one after another along the slice axis."""

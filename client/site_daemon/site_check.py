@@ -38,6 +38,7 @@ from medfed.models.segmentation.readers import (
     _grey,
     _list_files,
     _read_mask_volume,
+    _read_nifti,
     _read_picture,
     _same_size,
     _volume,
@@ -169,6 +170,9 @@ def _scan_masks(d: DictConfig, scan: _Scan) -> None:
         root = root / ("training" if d.split == "train" else "test")
         images, masks, fov = "images", "1st_manual", "mask"
     image_files = _list_files(root / images, IMAGE_SUFFIXES)
+    if masks is None:
+        _scan_pictures(d, image_files, scan)
+        return
     mask_of = _pairs(scan, d, image_files, root / masks, IMAGE_SUFFIXES, "mask")
     fov_of = _pairs(scan, d, image_files, root / fov, IMAGE_SUFFIXES, "field-of-view mask") if fov else {}
     for file in image_files:
@@ -190,6 +194,19 @@ def _scan_masks(d: DictConfig, scan: _Scan) -> None:
         if scan.mask(mask, mask_file):
             scan.size(picture.shape[:2])
             scan.fov_estimated += bool(not fov and d.estimate_fov and looks_like_fundus(picture))
+
+
+def _scan_pictures(d: DictConfig, image_files: list[Path], scan: _Scan) -> None:
+    """Images not labelled yet: each one read, its size, and the fields of view to estimate."""
+    for file in image_files:
+        scan.files += 1
+        try:
+            picture = _read_picture(file, keep_palette=False)
+        except DataError as exc:
+            scan.bad(file, exc)
+            continue
+        scan.size(picture.shape[:2])
+        scan.fov_estimated += bool(not d.fov and d.estimate_fov and looks_like_fundus(picture))
 
 
 def _pairs(scan: _Scan, d: DictConfig, image_files: list[Path], folder: Path, suffixes, what: str) -> dict:
@@ -215,6 +232,14 @@ def _scan_nifti(d: DictConfig, scan: _Scan) -> None:
 
     root = Path(d.path)
     image_files = _list_files(root / d.images, NIFTI_SUFFIXES)
+    if d.masks is None:
+        for file in image_files:
+            scan.files += 1
+            try:
+                scan.size(_read_nifti(file).shape[:3])
+            except DataError as exc:
+                scan.bad(file, exc)
+        return
     label_of = _pairs(scan, d, image_files, root / d.masks, NIFTI_SUFFIXES, "label map")
     for file in image_files:
         scan.files += 1
@@ -265,6 +290,8 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
         scan.size(pixels.shape)
         geometry.append(ds)
     _series_spacing(geometry, scan)
+    if d.masks is None:
+        return
     mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
     if mask_path.is_file() and is_dicom(mask_path):  # a DICOM mask carries a header too
         with _quiet_pydicom():
@@ -317,8 +344,9 @@ def check_site(cfg: DictConfig) -> dict:
     scan = _Scan()
     SCANNERS[d.format](d, scan)
     segmentation = d.format not in ("npz", "folder")
+    labelled = not segmentation or d.masks is not None
     problems, counts, delta = [], None, None
-    if not scan.unreadable:
+    if not scan.unreadable and labelled:
         try:
             train, val = read_site_data(cfg)
             counts = {"train": len(train), "val": len(val)}
@@ -330,6 +358,9 @@ def check_site(cfg: DictConfig) -> dict:
         if problem:
             problems.append(f"{problem}: lower it, or leave it out for 1/(10 n)")
     warnings = []
+    if not labelled:
+        warnings.append(f"not labelled yet (data.masks: null): {scan.files} images checked for reading, sizes and "
+                        "identifying headers; the site cannot train until data.masks names its masks")
     if scan.skipped:
         warnings.append(f"{len(scan.skipped)} image(s) without their mask are left out of training (listed under "
                         "'skipped'; data.strict: true refuses them)")
@@ -352,6 +383,7 @@ def check_site(cfg: DictConfig) -> dict:
         "skipped": scan.skipped,
         "fov_estimated": scan.fov_estimated if d.format == "masks" else None,
         "counts": counts,
+        "labelled": labelled,
         "labels": None if segmentation else {str(k): v for k, v in sorted(scan.labels.items())},
         "mask_classes": _fractions(scan.mask_pixels) if segmentation else None,
         "sizes": _summary(scan.sizes),
@@ -457,8 +489,10 @@ def identifying_headers(cfg: DictConfig) -> str | None:
         return None
     headers = _Headers()
     d = cfg.data
-    mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
-    files = dicom_files(Path(d.path) / d.images) + ([mask_path] if mask_path.is_file() and is_dicom(mask_path) else [])
+    files = dicom_files(Path(d.path) / d.images)
+    if d.masks is not None:
+        mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
+        files += [mask_path] if mask_path.is_file() and is_dicom(mask_path) else []
     for file in files:
         try:
             with _quiet_pydicom():

@@ -30,6 +30,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 log = logging.getLogger("medfed.site")
 
+UNLABELLED_FORMATS = ("masks", "nifti", "dicom")  # formats a site may check before its masks exist
+
+
 @dataclass
 class SiteDataConfig:
     """Where the site's images are and how to read them; the fields of the formats' readers."""
@@ -41,7 +44,9 @@ class SiteDataConfig:
     label_column: str = "label"  # folder
     split: str = "train"  # drive: train (training/) or test (test/)
     images: str = "images"  # masks, nifti: image folder; dicom: the series folder
-    masks: str = "1st_manual"  # masks: mask folder; nifti: label folder; dicom: the mask file
+    # masks: mask folder; nifti: label folder; dicom: the mask file. null: not labelled yet (the site
+    # check counts and scans the images; the site cannot train)
+    masks: str | None = "1st_manual"
     fov: str | None = "mask"  # masks: field-of-view folder, or null
     slices: str = "2d"  # nifti, dicom: 2d (axial slices) or 3d (whole volumes)
     # masks: a grey (interpolated) mask's foreground is where its value is at least this; null: as stored
@@ -146,6 +151,8 @@ def _validate_data(d: DictConfig, check) -> None:
     check(d.slices in ("2d", "3d"), "data.slices", "is 2d or 3d")
     check(d.mask_threshold is None or d.mask_threshold > 0, "data.mask_threshold",
           f"must be > 0 (or null), got {d.mask_threshold}")
+    check(d.masks is not None or d.format in UNLABELLED_FORMATS, "data.masks",
+          f"may be null (not labelled yet) only for {', '.join(UNLABELLED_FORMATS)} data")
 
 
 def _validate_coordinator(cfg: DictConfig, check) -> None:
@@ -211,6 +218,8 @@ def read_site_data(cfg: DictConfig) -> tuple:
 
     d = cfg.data
     path = Path(d.path)
+    if d.format in UNLABELLED_FORMATS and d.masks is None:
+        raise DataError("data.masks is null: the site's images are not labelled yet, so there is nothing to train on")
     if d.format == "npz":
         return read_npz_split(path, "train"), read_npz_split(path, "val")
     if d.format == "folder":

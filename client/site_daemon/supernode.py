@@ -124,9 +124,12 @@ def _raise_stop(signum, frame) -> None:
 def run_site(site_yaml: Path, console: Console, runtime_port: int = DEFAULT_RUNTIME_PORT,
              max_retries: int | None = None, max_wait_time: float | None = None) -> int:
     """Run the site's SuperNode until stopped; the exit code for the shell."""
-    from medfed.client.site_daemon.site_config import load_site_config
+    from medfed.client.site_daemon.site_config import UNLABELLED_FORMATS, load_site_config
 
     cfg = load_site_config(site_yaml)
+    if cfg.data.format in UNLABELLED_FORMATS and cfg.data.masks is None:
+        raise DataError("data.masks is null: the site's images are not labelled yet, so it cannot train; "
+                        "name its masks in SITE.yaml (medfed site check shows what it has)")
     if cfg.policy.require_deidentified:
         from medfed.client.site_daemon.site_check import identifying_headers
 
