@@ -212,11 +212,11 @@ def _scan_pictures(d: DictConfig, image_files: list[Path], scan: _Scan) -> None:
 def _pairs(scan: _Scan, d: DictConfig, image_files: list[Path], folder: Path, suffixes, what: str) -> dict:
     """Each image's file in ``folder``, as training pairs them; images without one are listed as
     skipped (unreadable under ``strict``), and an ambiguous pairing as unreadable."""
+    if not folder.is_dir():  # the whole data set is unusable: stop, naming the folder
+        raise DataError(f"{what} folder not found: {folder}")
     try:
         pairs, missing = pair_files(image_files, folder, suffixes, what)
-    except DataError as exc:
-        if "folder not found" in str(exc):
-            raise
+    except DataError as exc:  # an ambiguous pairing: listed, and the check goes on
         scan.bad(folder, exc)
         return {}
     for image in missing:
@@ -292,7 +292,7 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
     _series_spacing(geometry, scan)
     if d.masks is None:
         return
-    mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
+    mask_path = _mask_file(d)
     if mask_path.is_file() and is_dicom(mask_path):  # a DICOM mask carries a header too
         with _quiet_pydicom():
             scan.headers.add(scan_header(pydicom.dcmread(mask_path, stop_before_pixels=True)))
@@ -300,6 +300,11 @@ def _scan_dicom(d: DictConfig, scan: _Scan) -> None:
         scan.mask(_read_mask_volume(mask_path), mask_path)
     except DataError as exc:
         scan.bad(mask_path, exc)
+
+
+def _mask_file(d: DictConfig) -> Path:
+    """A DICOM site's mask volume: ``data.masks``, relative to ``data.path`` unless absolute."""
+    return Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
 
 
 def _series_spacing(slices: list[pydicom.Dataset], scan: _Scan) -> None:
@@ -490,9 +495,9 @@ def identifying_headers(cfg: DictConfig) -> str | None:
     headers = _Headers()
     d = cfg.data
     files = dicom_files(Path(d.path) / d.images)
-    if d.masks is not None:
-        mask_path = Path(d.masks) if Path(d.masks).is_absolute() else Path(d.path) / d.masks
-        files += [mask_path] if mask_path.is_file() and is_dicom(mask_path) else []
+    mask = _mask_file(d) if d.masks is not None else None
+    if mask is not None and mask.is_file() and is_dicom(mask):
+        files.append(mask)
     for file in files:
         try:
             with _quiet_pydicom():
